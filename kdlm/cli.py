@@ -1,0 +1,319 @@
+"""`kdlm <verb>`: each verb parses its options into a typed config and calls one library function.
+
+Every Snakemake rule's shell is one of these calls, and each works without Snakemake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err.msg}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    group.add_argument("--batch-size", type=int, default=32, help="prompts per generate() call")
+    group.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    group.add_argument("--temperature", type=float, default=1.0)
+    group.add_argument("--top-p", type=float, default=1.0)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--max-prompt-tokens", type=int, default=None, help="cut longer prompts from the left")
+    parser.add_argument("--template", default="paper", help="prompt template name (kdlm.data.templates)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _generation_config(args: argparse.Namespace):
+    from kdlm.generation import GenerateConfig
+
+    return GenerateConfig(
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        max_prompt_tokens=args.max_prompt_tokens,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- lab
+
+
+def _lab_corpus(args: argparse.Namespace) -> int:
+    from kdlm.lab.corpus import CorpusConfig, build_corpus, write_corpus
+
+    cfg = CorpusConfig(
+        seed=args.seed, n_train=args.n_train, n_validation=args.n_validation, n_test=args.n_test, families=args.families
+    )
+    for path in write_corpus(build_corpus(cfg), args.out_dir):
+        print(path)
+    return 0
+
+
+def _lab_tokenizer(args: argparse.Namespace) -> int:
+    from kdlm.lab.corpus import training_texts
+    from kdlm.lab.tokenizer import train_tokenizer
+
+    train_tokenizer(training_texts(args.corpus, args.template), args.vocab_size, args.out)
+    print(args.out)
+    return 0
+
+
+def _lab_model(args: argparse.Namespace) -> int:
+    from kdlm.lab.models import LabModelConfig, build_model
+
+    cfg = LabModelConfig(
+        family=args.family,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        intermediate_size=args.intermediate_size,
+        max_position_embeddings=args.max_position_embeddings,
+        seed=args.seed,
+    )
+    n = build_model(cfg, args.tokenizer, args.out)
+    print(f"{args.out}: {cfg.family}, {n:,} parameters")
+    return 0
+
+
+def _add_lab(sub) -> None:
+    from kdlm.lab.corpus import FAMILIES
+    from kdlm.lab.models import FAMILIES as MODEL_FAMILIES
+
+    lab = sub.add_parser("lab", help="build the embedded lab: corpus, tokenizer, tiny models")
+    lab_sub = lab.add_subparsers(dest="lab_verb", required=True)
+
+    p = lab_sub.add_parser("corpus", help="write the synthetic instruction corpus as Alpaca JSON splits")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=3000)
+    p.add_argument("--n-validation", type=int, default=200)
+    p.add_argument("--n-test", type=int, default=300)
+    p.add_argument("--families", nargs="+", default=list(FAMILIES), help=f"from {list(FAMILIES)}")
+    p.set_defaults(func=_lab_corpus)
+
+    p = lab_sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on corpus files")
+    p.add_argument("--corpus", type=Path, nargs="+", required=True, help="Alpaca JSON files")
+    p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--template", default="paper")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_lab_tokenizer)
+
+    p = lab_sub.add_parser("model", help="initialise a tiny model of one family and save it as an HF directory")
+    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--family", choices=MODEL_FAMILIES, default="llama")
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--num-heads", type=int, default=4)
+    p.add_argument("--intermediate-size", type=int, default=512)
+    p.add_argument("--max-position-embeddings", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_lab_model)
+
+
+# --------------------------------------------------------------------------------------- data stages
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from kdlm.data.records import PrepareConfig, prepare
+
+    cfg = PrepareConfig(input=args.input, out=args.out, dataset=args.dataset, format=args.format, fields=args.fields)
+    n = prepare(cfg)
+    print(f"{args.out}: {n} records")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from kdlm.generation import generate_for_records
+    from kdlm.models import set_threads
+
+    set_threads(args.threads)
+    n = generate_for_records(args.model, args.records, args.out, _generation_config(args), args.name, args.template)
+    print(f"{args.out}: {n} responses")
+    return 0
+
+
+def _mix(args: argparse.Namespace) -> int:
+    from kdlm.data.mixing import mix
+
+    n = mix(args.records, args.out, args.source, template=args.template, generated_path=args.generated)
+    print(f"{args.out}: {n} rows ({args.source})")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--training", type=_json_dict, default={}, help="JSON object of TrainConfig fields")
+    parser.add_argument("--template", default="paper", help="prompt template (for records input)")
+    parser.add_argument("--out", type=Path, required=True, help="output model directory")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="where resumable checkpoints go")
+    parser.add_argument("--info", type=_json_dict, default={}, help="JSON object added to run.json")
+
+
+def _train(args: argparse.Namespace, teacher: str | None, method: dict) -> int:
+    from kdlm.training.config import MethodConfig, TrainConfig
+    from kdlm.training.trainer import train
+
+    run = train(
+        student_path=args.student,
+        teacher_path=teacher,
+        data_path=args.data,
+        out_dir=args.out,
+        method=MethodConfig.from_dict(method),
+        cfg=TrainConfig.from_dict(args.training),
+        template=args.template,
+        checkpoint_dir=args.checkpoint_dir,
+        extra_info=args.info,
+    )
+    print(f"{args.out}: {run['global_steps']} steps in {run['train_seconds']:.0f} s")
+    return 0
+
+
+def _sft(args: argparse.Namespace) -> int:
+    return _train(args, None, {"loss": "sft"})
+
+
+def _distill(args: argparse.Namespace) -> int:
+    return _train(args, args.teacher, args.method)
+
+
+# -------------------------------------------------------------------------------------- evaluation
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from kdlm.evaluation.evaluate import evaluate_model
+    from kdlm.models import set_threads
+
+    set_threads(args.threads)
+    means = evaluate_model(args.model, args.records, args.out, _generation_config(args), args.template, args.label)
+    print(f"{args.out}: " + ", ".join(f"{k}={v:.3f}" for k, v in means.items()))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from kdlm.report import write_report
+
+    md = write_report(args.evals, args.out_dir)
+    print(md.read_text())
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from kdlm.results import show_results
+
+    return show_results(args.table, args.filter, args.metric, args.task, args.sort)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from kdlm import bench
+
+    return bench.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdlm", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    _add_lab(sub)
+
+    p = sub.add_parser("prepare", help="load a user data file into the records parquet")
+    p.add_argument("--input", type=Path, required=True)
+    p.add_argument("--format", default="alpaca", help="alpaca | jsonl | parquet | csv")
+    p.add_argument("--dataset", required=True, help="dataset name stored in each record")
+    p.add_argument("--fields", type=_json_dict, default={}, help='e.g. {"output": "response"}')
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("generate", help="generate responses for a records parquet")
+    p.add_argument("--model", required=True, help="model directory or hub id")
+    p.add_argument("--name", required=True, help="model name written to the output")
+    p.add_argument("--records", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    _add_generation_options(p)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("mix", help="build the training parquet of one sample source")
+    p.add_argument("--records", type=Path, required=True)
+    p.add_argument("--generated", type=Path, default=None, help="teacher responses (source teacher)")
+    p.add_argument("--source", required=True)
+    p.add_argument("--template", default="paper")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_mix)
+
+    p = sub.add_parser("sft", help="fine-tune a model with cross-entropy on a records or mixed parquet")
+    p.add_argument("--student", required=True, help="model to fine-tune (directory or hub id)")
+    p.add_argument("--data", type=Path, required=True)
+    _add_training_options(p)
+    p.set_defaults(func=_sft)
+
+    p = sub.add_parser("distill", help="distill a teacher into a student with one method")
+    p.add_argument("--student", required=True)
+    p.add_argument("--teacher", default=None, help="teacher model (not needed for loss sft)")
+    p.add_argument("--data", type=Path, required=True, help="mixed-data parquet of one source")
+    p.add_argument("--method", type=_json_dict, required=True, help='e.g. {"loss": "atkd", "lam": 0.2}')
+    _add_training_options(p)
+    p.set_defaults(func=_distill)
+
+    p = sub.add_parser("evaluate", help="answer a task's prompts and score them")
+    p.add_argument("--model", required=True)
+    p.add_argument("--records", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--label", type=_json_dict, default={}, help="description stored with the results")
+    _add_generation_options(p)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("report", help="write summary tables from evaluation files")
+    p.add_argument("--evals", type=Path, nargs="+", required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("results", help="print the summary table in the terminal")
+    p.add_argument("--table", type=Path, default=Path("results/tables/summary.parquet"))
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE", help="e.g. source=teacher")
+    p.add_argument("--metric", default=None)
+    p.add_argument("--task", default=None)
+    p.add_argument("--sort", default=None, help="column to sort by (descending)")
+    p.set_defaults(func=_results)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures")
+    try:
+        from kdlm import bench
+
+        bench.add_arguments(p)
+    except ImportError:  # pragma: no cover - bench module absent
+        pass
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"kdlm {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The `kdlm evaluate` stage: a model answers an evaluation task's prompts and each answer is scored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdlm.generation import GenerateConfig, generate_responses
+
+
+def evaluate_model(
+    model_path: str,
+    records_path: Path,
+    out: Path,
+    cfg: GenerateConfig,
+    template: str = "paper",
+    label: dict | None = None,
+) -> dict:
+    """Generate with the training prompt template, score ROUGE-L and exact match, write the eval parquet.
+
+    Args:
+        label: what was evaluated (kind, model, student, teacher, source, method, seed, task), stored
+            in the file so the report needs nothing else.
+
+    Returns:
+        Task means, keyed by metric.
+    """
+    import pandas as pd
+
+    from kdlm.data.templates import format_prompt
+    from kdlm.evaluation.metrics import exact_match, rouge_l
+    from kdlm.models import load_model, load_tokenizer
+    from kdlm.schemas import EVAL, RECORDS, read_table, write_table
+
+    records = read_table(records_path, RECORDS)
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path)
+    prompts = [format_prompt(r.instruction, r.input, template) for r in records.itertuples()]
+    results = generate_responses(model, tokenizer, prompts, cfg, desc=f"evaluate {Path(model_path).name}")
+    predictions = [r["response"] for r in results]
+    references = records["output"].tolist()
+    df = pd.DataFrame(
+        {
+            "id": records["id"].values,
+            "prompt": prompts,
+            "reference": references,
+            "prediction": predictions,
+            "rouge_l": rouge_l(predictions, references),
+            "exact_match": [exact_match(p, r) for p, r in zip(predictions, references, strict=True)],
+            "n_response_tokens": [r["n_response_tokens"] for r in results],
+            "finish_reason": [r["finish_reason"] for r in results],
+        }
+    )
+    write_table(df, out, EVAL, metadata={**(label or {}), "decoding": cfg.describe()})
+    return {"rouge_l": float(df["rouge_l"].mean()), "exact_match": float(df["exact_match"].mean())}

@@ -1,0 +1,95 @@
+"""Tiny models of the paper's three families (OPT, GPT-NeoX/Pythia, LLaMA) built from transformers configs.
+
+They are ordinary HF directories (config.json, model.safetensors, tokenizer files), so every later
+stage loads them exactly as it would load a hub checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdlm.io import atomic_dir
+
+FAMILIES = ("llama", "gpt_neox", "opt")
+
+
+@dataclass
+class LabModelConfig:
+    """Architecture of one lab model; sizes are the knobs that make a teacher larger than a student."""
+
+    family: str = "llama"
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown model family {self.family!r}; allowed: {list(FAMILIES)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+
+
+def build_config(cfg: LabModelConfig, tokenizer):
+    """The transformers config of `cfg`'s family, with the tokenizer's special token ids."""
+    from transformers import GPTNeoXConfig, LlamaConfig, OPTConfig
+
+    ids = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "max_position_embeddings": cfg.max_position_embeddings,
+    }
+    if cfg.family == "llama":
+        return LlamaConfig(
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_heads,
+            tie_word_embeddings=True,
+            **ids,
+        )
+    if cfg.family == "gpt_neox":
+        return GPTNeoXConfig(
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+            **ids,
+        )
+    return OPTConfig(
+        hidden_size=cfg.hidden_size,
+        ffn_dim=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        word_embed_proj_dim=cfg.hidden_size,
+        do_layer_norm_before=True,
+        **ids,
+    )
+
+
+def build_model(cfg: LabModelConfig, tokenizer_dir: Path, out_dir: Path) -> int:
+    """Randomly initialise a model (seeded) and save it with its tokenizer; returns the parameter count."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_config(build_config(cfg, tokenizer))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return sum(p.numel() for p in model.parameters())

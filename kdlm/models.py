@@ -1,0 +1,81 @@
+"""Load and save HF causal LMs and tokenizers; check that a teacher and a student can be distilled.
+
+Models are loaded from local directories or hub ids through the same call, with safetensors only and
+`trust_remote_code` off unless the caller turns it on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def set_threads(threads: int | None) -> None:
+    """Cap torch's CPU threads so parallel Snakemake jobs do not oversubscribe the cores."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        raise ValueError(
+            f"{path}: tokenizer has no pad token; add a dedicated one (padding with EOS would mask EOS "
+            "out of the loss, the reference code's bug)"
+        )
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        log.warning("%s: pad token equals EOS; EOS is still counted in the loss through the labels", path)
+    return tokenizer
+
+
+def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
+    """A causal LM from safetensors weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    return AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+
+
+def check_vocab_compatible(student, teacher, student_tokenizer, teacher_tokenizer) -> int:
+    """Return the shared vocabulary size, or raise if the two models cannot be distilled token by token.
+
+    Output layers may be padded beyond the tokenizer (e.g. OPT's 50,272 rows for 50,265 tokens);
+    logits are then cropped to the shared tokenizer size.
+
+    Raises:
+        ValueError: if the tokenizers differ in size or in any token id.
+    """
+    n_student, n_teacher = len(student_tokenizer), len(teacher_tokenizer)
+    if n_student != n_teacher or student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+        raise ValueError(
+            f"teacher and student vocabularies differ (student tokenizer {n_student} tokens, teacher "
+            f"{n_teacher}); token-level distillation needs the same vocabulary"
+        )
+    rows_student = student.get_output_embeddings().weight.shape[0]
+    rows_teacher = teacher.get_output_embeddings().weight.shape[0]
+    if min(rows_student, rows_teacher) < n_student:
+        raise ValueError(
+            f"output layer smaller than the tokenizer: student {rows_student} rows, teacher {rows_teacher}, "
+            f"tokenizer {n_student} tokens"
+        )
+    if rows_student != rows_teacher:
+        log.info(
+            "student has %d output rows, teacher %d: logits cropped to the %d tokenizer tokens",
+            rows_student,
+            rows_teacher,
+            n_student,
+        )
+    return n_student
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

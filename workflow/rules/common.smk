@@ -1,0 +1,188 @@
+# Config validation, wildcard constraints and every input function of the workflow.
+import json
+import re
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+
+def _check_names():
+    """Cross-references the JSON schema cannot express; fail before any job with the allowed values."""
+    problems = []
+    for key, defined in (
+        ("students", config["students"]),
+        ("teachers", config["teachers"]),
+        ("methods", config["methods"]),
+    ):
+        for name in config["study"][key]:
+            if name not in defined:
+                problems.append(
+                    f"study.{key}: unknown name {name!r}; allowed (defined under '{key}'): {sorted(defined)}"
+                )
+    refs = [("train_split", config["train_split"])] + [
+        (f"evaluation.tasks.{task}", ref) for task, ref in config["evaluation"]["tasks"].items()
+    ]
+    for key, ref in refs:
+        if ref["dataset"] not in config["datasets"]:
+            problems.append(f"{key}.dataset: unknown dataset {ref['dataset']!r}; allowed: {sorted(config['datasets'])}")
+        elif ref["split"] not in config["datasets"][ref["dataset"]]["splits"]:
+            splits = sorted(config["datasets"][ref["dataset"]]["splits"])
+            problems.append(f"{key}.split: unknown split {ref['split']!r} of {ref['dataset']!r}; allowed: {splits}")
+    if problems:
+        raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+_check_names()
+
+LAB_MODELS = config["lab"].get("models", {}) if config["lab"]["enabled"] else {}
+TEMPLATE = config["prompt_template"]
+TRAIN_DATASET = config["train_split"]["dataset"]
+TRAIN_SPLIT = config["train_split"]["split"]
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+
+
+wildcard_constraints:
+    dataset=_alternatives(config["datasets"]),
+    split=_alternatives({s for d in config["datasets"].values() for s in d["splits"]}),
+    lab_model=_alternatives(LAB_MODELS) if LAB_MODELS else "$^",
+    teacher=_alternatives(list(config["teachers"]) + ["none"]),
+    student=_alternatives(config["students"]),
+    source=_alternatives(config["study"]["sources"]),
+    method=_alternatives(config["methods"]),
+    seed=r"\d+",
+    task=_alternatives(config["evaluation"]["tasks"]),
+    model=r"(teacher|base)/[^/]+|[^/]+__[^/]+/[^/]+/[^/]+/seed\d+",
+
+
+def runs():
+    """Every trained student of the study; `sft` on `gt` needs no teacher, so it runs once as `none`."""
+    study, seen, result = config["study"], set(), []
+    for student in study["students"]:
+        for teacher in study["teachers"]:
+            for source in study["sources"]:
+                for method in study["methods"]:
+                    for seed in study["seeds"]:
+                        needs_teacher = not (config["methods"][method]["loss"] == "sft" and source == "gt")
+                        run = f"{student}__{teacher if needs_teacher else 'none'}/{source}/{method}/seed{seed}"
+                        if run not in seen:
+                            seen.add(run)
+                            result.append(run)
+    return result
+
+
+def model_input(path):
+    """A model path as a Snakemake input: its config.json when this workflow makes it or it is a
+    local directory; nothing for a hub id (loaded by name at run time)."""
+    if path.startswith("results/") or Path(path).is_dir():
+        return [f"{path}/config.json"]
+    return []
+
+
+def teacher_dir(teacher):
+    spec = config["teachers"][teacher]
+    return f"results/models/teachers/{teacher}" if spec.get("finetune", False) else spec["path"]
+
+
+def records_path(dataset, split):
+    return f"results/data/{dataset}/{split}.parquet"
+
+
+def train_records():
+    return records_path(TRAIN_DATASET, TRAIN_SPLIT)
+
+
+def get_dataset_file(wildcards):
+    return config["datasets"][wildcards.dataset]["splits"][wildcards.split]
+
+
+def get_teacher_base(wildcards):
+    return model_input(config["teachers"][wildcards.teacher]["path"])
+
+
+def get_teacher_model(wildcards):
+    return model_input(teacher_dir(wildcards.teacher))
+
+
+def get_mix_inputs(wildcards):
+    inputs = {"records": records_path(wildcards.dataset, TRAIN_SPLIT)}
+    if wildcards.source == "teacher":
+        inputs["generated"] = f"results/generated/{wildcards.dataset}/{wildcards.teacher}.parquet"
+    return inputs
+
+
+def get_distill_inputs(wildcards):
+    teacher = None if wildcards.teacher == "none" else wildcards.teacher
+    if teacher is None and config["methods"][wildcards.method]["loss"] != "sft":
+        raise ValueError(f"method {wildcards.method!r} needs a teacher")
+    mix_teacher = "none" if wildcards.source == "gt" else teacher
+    inputs = {
+        "data": f"results/mixed/{TRAIN_DATASET}/{mix_teacher}/{wildcards.source}.parquet",
+        "student": model_input(config["students"][wildcards.student]["path"]),
+    }
+    if teacher is not None:
+        inputs["teacher"] = model_input(teacher_dir(teacher))
+    return inputs
+
+
+def json_arg(value):
+    """A value as a shell-quoted JSON argument for a `kdlm` option."""
+    return "'" + json.dumps(value, sort_keys=True).replace("'", "'\\''") + "'"
+
+
+def generation_args(settings):
+    """`kdlm generate/evaluate` decoding options from a generation config mapping."""
+    args = [
+        f"--max-new-tokens {settings.get('max_new_tokens', 256)}",
+        f"--batch-size {settings.get('batch_size', 32)}",
+        f"--temperature {settings.get('temperature', 1.0)}",
+        f"--top-p {settings.get('top_p', 1.0)}",
+        f"--seed {settings.get('seed', 0)}",
+    ]
+    if settings.get("sample", False):
+        args.append("--sample")
+    return " ".join(args)
+
+
+def parse_eval_model(model):
+    """(model directory, description) of an evaluation target name.
+
+    Names: `teacher/<teacher>`, `base/<student>` (untrained), or a run id.
+    """
+    kind, _, name = model.partition("/")
+    empty = {"student": "", "teacher": "", "source": "", "method": "", "seed": 0}
+    if kind == "teacher":
+        return teacher_dir(name), {**empty, "kind": "teacher", "model": model, "teacher": name}
+    if kind == "base":
+        return config["students"][name]["path"], {**empty, "kind": "base", "model": model, "student": name}
+    match = re.fullmatch(r"(?P<student>[^/]+)__(?P<teacher>[^/]+)/(?P<source>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)", model)
+    if not match:
+        raise ValueError(f"not an evaluation target: {model!r}")
+    fields = match.groupdict()
+    return f"results/runs/{model}", {"kind": "run", "model": model, **fields, "seed": int(fields["seed"])}
+
+
+def eval_models():
+    study = config["study"]
+    return [f"teacher/{t}" for t in study["teachers"]] + [f"base/{s}" for s in study["students"]] + runs()
+
+
+def eval_files():
+    return [f"results/eval/{m}/{task}.parquet" for m in eval_models() for task in config["evaluation"]["tasks"]]
+
+
+def get_eval_model(wildcards):
+    return model_input(parse_eval_model(wildcards.model)[0])
+
+
+def get_eval_records(wildcards):
+    ref = config["evaluation"]["tasks"][wildcards.task]
+    return records_path(ref["dataset"], ref["split"])
+
+
+def get_final_output():
+    return ["results/tables/summary.parquet", "results/tables/summary.csv", "results/tables/summary.md"]

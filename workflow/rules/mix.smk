@@ -1,0 +1,16 @@
+# Per sample source, the training parquet the trainer reads.
+
+
+rule mix:
+    input:
+        unpack(get_mix_inputs),
+    output:
+        "results/mixed/{dataset}/{teacher}/{source}.parquet",
+    params:
+        generated=lambda wildcards, input: f"--generated {input.generated}" if "generated" in input.keys() else "",
+        template=TEMPLATE,
+    log:
+        "logs/mix/{dataset}/{teacher}/{source}.log",
+    shell:
+        "kdlm mix --records {input.records} {params.generated} --source {wildcards.source}"
+        " --template {params.template} --out {output} > {log} 2>&1"
