@@ -364,8 +364,8 @@ def _run(
 
 
 def _row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise dot product without an (n, V) temporary: (n, V), (n, V) -> (n,)."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)  # (n,1,V) @ (n,V,1) -> (n,1,1) -> (n,)
+    """Row-wise dot product: (n, V), (n, V) -> (n,)."""
+    return torch.linalg.vecdot(a, b, dim=-1)  # (n,)
 
 
 def _col(x: Tensor) -> Tensor:

@@ -1,10 +1,31 @@
 # Config validation, wildcard constraints and every input function of the workflow.
 import json
+import os
 import re
+import sys
 
 from snakemake.utils import validate
 
+# Rules call `kdlm`: use the one installed beside the Python that runs Snakemake, activated or not.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
+
+def _explain_schema_errors(schema_path):
+    """Every schema violation as one line naming the dotted config key, before Snakemake's own report."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(open(schema_path))
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for error in errors:
+            key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+            lines.append(f"{key}: {error.message}")
+        raise ValueError("invalid configuration:\n  " + "\n  ".join(lines))
+
+
+_explain_schema_errors(workflow.source_path("../schemas/config.schema.yaml"))
 validate(config, schema="../schemas/config.schema.yaml")
 
 
@@ -30,6 +51,14 @@ def _check_names():
         elif ref["split"] not in config["datasets"][ref["dataset"]]["splits"]:
             splits = sorted(config["datasets"][ref["dataset"]]["splits"])
             problems.append(f"{key}.split: unknown split {ref['split']!r} of {ref['dataset']!r}; allowed: {splits}")
+    from kdlm.losses import validate_hparams
+
+    for name, method in config["methods"].items():
+        hparams = {k: v for k, v in method.items() if k != "loss"}
+        try:
+            validate_hparams(method["loss"], hparams)
+        except ValueError as err:
+            problems.append(f"methods.{name}: {err}")
     if problems:
         raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
 

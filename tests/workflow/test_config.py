@@ -1,0 +1,75 @@
+"""Config validation: every shipped config is valid; bad ones stop `snakemake -n` before any job."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
+
+
+def _merged(*paths: Path) -> dict:
+    def merge(base, top):
+        for key, value in top.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+        return base
+
+    config: dict = {}
+    for path in paths:
+        merge(config, yaml.safe_load(path.read_text()) or {})
+    return config
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    layers = [REPO / "config" / "config.yaml"] + ([path] if path.name != "config.yaml" else [])
+    jsonschema.Draft202012Validator(schema).validate(_merged(*layers))
+
+
+def test_every_config_key_is_documented():
+    readme = (REPO / "config" / "README.md").read_text()
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    missing = [key for key in schema["properties"] if f"`{key}`" not in readme]
+    assert not missing, f"config/README.md does not explain {missing}"
+
+
+def _dry_run(tmp_path, overrides: str) -> subprocess.CompletedProcess:
+    (tmp_path / "bad.yaml").write_text(overrides)
+    return subprocess.run(
+        [*SNAKEMAKE, "-n", "-d", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ("study:\n  methods: [fkl, atkd_typo]\n", "study.methods: unknown name 'atkd_typo'; allowed (defined under 'methods'): ['fkl', 'sft']"),
+        ("methods:\n  bad: {loss: kl}\n", "methods.bad.loss: 'kl' is not one of ['forward', 'reverse'"),
+        ("study:\n  sources: [gt, nope]\n", "study.sources.1: 'nope' is not one of ['gt', 'teacher']"),
+        ("training:\n  lr: fast\n", "training.lr: 'fast' is not of type 'number'"),
+        ("training:\n  colour: red\n", "training: Additional properties are not allowed ('colour' was unexpected)"),
+        ("methods:\n  at: {loss: atkd, lamda: 0.3}\n", "methods.at: loss 'atkd': unknown hyperparameter 'lamda'"),
+        ("evaluation:\n  tasks:\n    t: {dataset: nowhere, split: test}\n", "evaluation.tasks.t.dataset: unknown dataset 'nowhere'"),
+    ],
+)
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, overrides, expected):
+    result = _dry_run(tmp_path, overrides)
+    assert result.returncode != 0
+    assert expected in result.stderr + result.stdout
+    assert "Job stats" not in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()

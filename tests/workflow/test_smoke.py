@@ -1,0 +1,79 @@
+"""End to end: config/smoke.yaml through Snakemake into a temporary directory, then a no-op rerun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "-c2"]
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("smoke")
+    result = subprocess.run(
+        [*SNAKEMAKE, "-d", str(workdir), "--configfile", str(REPO / "config" / "smoke.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=ENV,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir
+
+
+def test_summary_has_every_model_with_sane_values(smoke_dir):
+    summary = pd.read_parquet(smoke_dir / "results" / "tables" / "summary.parquet")
+    runs = {
+        "llama-student__llama-teacher/gt/fkl/seed0",
+        "llama-student__llama-teacher/teacher/fkl/seed0",
+        "llama-student__llama-teacher/teacher/sft/seed0",
+        "llama-student__none/gt/sft/seed0",
+    }
+    assert set(summary["model"]) == {"teacher/llama-teacher", "base/llama-student"} | runs
+    assert set(summary["metric"]) == {"rouge_l", "exact_match", "response_tokens"}
+    scores = summary[summary["metric"].isin(["rouge_l", "exact_match"])]
+    assert scores["value"].between(0, 1).all()
+    assert (scores["ci_low"] <= scores["value"]).all() and (scores["value"] <= scores["ci_high"]).all()
+    assert (summary["n"] == 60).all()
+    em = summary[summary["metric"] == "exact_match"].set_index("model")["value"]
+    assert em["teacher/llama-teacher"] > em["base/llama-student"]
+    markdown = (smoke_dir / "results" / "tables" / "summary.md").read_text()
+    for model in runs:
+        assert model in markdown
+    csv = pd.read_csv(smoke_dir / "results" / "tables" / "summary.csv")
+    assert len(csv) == len(summary)
+
+
+def test_each_stage_wrote_its_contract(smoke_dir):
+    results = smoke_dir / "results"
+    run = results / "runs" / "llama-student__llama-teacher" / "teacher" / "fkl" / "seed0"
+    assert {"config.json", "model.safetensors", "train_log.parquet", "run.json"} <= {p.name for p in run.iterdir()}
+    generated = pd.read_parquet(results / "generated" / "lab" / "llama-teacher.parquet")
+    records = pd.read_parquet(results / "data" / "lab" / "train.parquet")
+    assert generated["id"].tolist() == records["id"].tolist()
+    evaluation = pd.read_parquet(results / "eval" / "teacher" / "llama-teacher" / "lab_test.parquet")
+    mixed = pd.read_parquet(results / "mixed" / "lab" / "none" / "gt.parquet")
+    # one prompt template everywhere: generation, training data and evaluation format prompts identically
+    test_records = pd.read_parquet(results / "data" / "lab" / "test.parquet")
+    assert evaluation["prompt"].iloc[0].startswith("Human:\n" + test_records["instruction"].iloc[0])
+    assert mixed["prompt"].tolist() == generated["prompt"].tolist()
+
+
+def test_second_run_has_nothing_to_do(smoke_dir):
+    result = subprocess.run(
+        [*SNAKEMAKE, "-d", str(smoke_dir), "--configfile", str(REPO / "config" / "smoke.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
