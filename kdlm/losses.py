@@ -149,18 +149,42 @@ def _resolve(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Shared machinery: counted rows, chunks, the autograd Function
+# Shared machinery: counted rows, chunks, workspace, the autograd Function
 # --------------------------------------------------------------------------------------------------
 
-# A kernel maps one chunk's log-probabilities to per-token terms and the gradient of the chunk's loss.
-#   ls, lt: (n, V) student / teacher log-softmax in the compute dtype (lt is None for sft); the kernel
-#           may overwrite them.
+
+class _Workspace:
+    """Named (chunk_size, V) buffers in the compute dtype, allocated once per loss call, reused by chunks.
+
+    Reusing them (instead of allocating fresh temporaries per chunk) keeps the allocator from mapping and
+    faulting in new pages for every chunk, and bounds working memory to a few chunk-sized buffers.
+    """
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device):
+        self.rows, self.vocab, self.dtype, self.device = rows, vocab, dtype, device
+        self._bufs: dict[str, Tensor] = {}
+
+    def __call__(self, name: str, n: int) -> Tensor:
+        """The first ``n`` rows of buffer ``name``: (n, V)."""
+        if name not in self._bufs:
+            self._bufs[name] = torch.empty(self.rows, self.vocab, dtype=self.dtype, device=self.device)
+        return self._bufs[name][:n]  # (chunk_size, V) -> (n, V)
+
+
+# A kernel maps one chunk's log-probabilities to per-token terms and writes the gradient of the chunk's
+# loss.  Arguments:
+#   ls, lt: (n, V) student / teacher log-softmax in the compute dtype (lt is None for sft); workspace
+#           buffers that the kernel may overwrite.
 #   target: (n,) int64 target token ids.
 #   w: term -> (n,) weight of that term in the loss, already divided by the temperature, or None when no
 #      gradient is wanted.
-# It returns (terms, grad): terms maps a name to (n,) per-token values; grad is (n, V), the gradient of
-# sum_k sum_i w[k][i] * terms[k][i] with respect to the student's *scaled* logits (or None).
-Kernel = Callable[[Tensor, Tensor | None, Tensor, dict[str, Tensor] | None], tuple[dict[str, Tensor], Tensor | None]]
+#   ws: the workspace, for temporaries (names other than "ls", "lt", "in", "out").
+#   out: (n, V) where to write the gradient of sum_k sum_i w[k][i] * terms[k][i] with respect to the
+#        student's *scaled* logits (None when w is None).
+# It returns terms: a name -> (n,) per-token values.
+Kernel = Callable[
+    [Tensor, Tensor | None, Tensor, dict[str, Tensor] | None, _Workspace, Tensor | None], dict[str, Tensor]
+]
 
 
 @dataclass
@@ -237,12 +261,17 @@ def _rows(flat: Tensor, idx: Tensor, span: tuple[int, int] | None) -> Tensor:
     return flat[span[0] : span[1]] if span is not None else flat.index_select(0, idx)  # (n, V)
 
 
-def _scaled(z: Tensor, temperature: float, dtype: torch.dtype, clamp: bool) -> Tensor:
-    """(n, V) logits -> (n, V) logits / temperature in ``dtype``; -inf -> NEG_LARGE when ``clamp``."""
-    z = z.to(dtype)
+def _scaled(z: Tensor, temperature: float, dtype: torch.dtype, clamp: bool, buf: Tensor | None = None) -> Tensor:
+    """(n, V) logits -> (n, V) logits / temperature in ``dtype``; -inf -> NEG_LARGE when ``clamp``.
+
+    Returns ``z`` itself when nothing is to be done; otherwise writes into ``buf`` (n, V) if given.
+    """
+    if z.dtype == dtype and temperature == 1.0 and not clamp:
+        return z
+    out = buf.copy_(z) if buf is not None else z.to(dtype, copy=True)  # (n, V)
     if clamp:
-        z = z.clamp(min=NEG_LARGE)
-    return z if temperature == 1.0 else z / temperature
+        out.clamp_(min=NEG_LARGE)
+    return out if temperature == 1.0 else out.div_(temperature)
 
 
 def _compute(student_logits: Tensor, teacher_logits: Tensor | None, job: _Job, want_grad: bool):
@@ -270,31 +299,36 @@ def _compute(student_logits: Tensor, teacher_logits: Tensor | None, job: _Job, w
     total = torch.zeros((), dtype=cdt, device=student_logits.device)
     pieces: dict[str, list[Tensor]] = {}
     temp = job.temperature
+    ws = _Workspace(min(job.chunk_size, max(job.idx.numel(), 1)), V, cdt, student_logits.device)
     for start, stop, span in _chunks(job.idx, job.chunk_size):
+        n = stop - start
         idx_c = job.idx[start:stop]  # (n,)
         tgt = job.target[start:stop]  # (n,)
         w = {k: v[start:stop] / temp for k, v in job.coef.items()} if want_grad else None  # (n,) each
+        direct = grad is not None and span is not None and grad.dtype == cdt
+        out = None if w is None else grad[span[0] : span[1]] if direct else ws("out", n)  # (n, V)
         zs_raw = _rows(flat_s, idx_c, span)  # (n, V)
         zt_raw = None if flat_t is None else _rows(flat_t, idx_c, span)  # (n, V)
         lse = None if job.teacher_lse is None else job.teacher_lse[start:stop, None]  # (n, 1)
         for clamp in (False, True):
-            ls = torch.log_softmax(_scaled(zs_raw, temp, cdt, clamp), dim=-1)  # (n, V)
+            ls = torch.log_softmax(_scaled(zs_raw, temp, cdt, clamp, ws("in", n)), -1, out=ws("ls", n))  # (n, V)
             lt = None
             if zt_raw is not None:
-                zt = _scaled(zt_raw, temp, cdt, clamp)  # (n, V)
-                lt = torch.log_softmax(zt, dim=-1) if lse is None else zt - lse  # (n, V)
-            terms, g = job.kernel(ls, lt, tgt, w)
+                zt = _scaled(zt_raw, temp, cdt, clamp, ws("in", n))  # (n, V)
+                lt = ws("lt", n)  # (n, V)
+                torch.log_softmax(zt, -1, out=lt) if lse is None else torch.sub(zt, lse, out=lt)
+            terms = job.kernel(ls, lt, tgt, w, ws, out)
             if all(bool(torch.isfinite(t).all()) for t in terms.values()):
                 break  # -inf logits make 0 * log 0 = nan; retry with them clamped
         for k, t in terms.items():
             pieces.setdefault(k, []).append(t)
             if k in job.coef:
                 total = total + torch.dot(job.coef[k][start:stop].to(cdt), t)
-        if grad is not None and g is not None:
+        if out is not None and not direct:
             if span is not None:
-                grad[span[0] : span[1]].copy_(g)  # (n, V) rows
+                grad[span[0] : span[1]].copy_(out)  # (n, V) rows, cast to the input dtype
             else:
-                grad.index_copy_(0, idx_c, g.to(grad.dtype))  # (n, V) rows
+                grad.index_copy_(0, idx_c, out.to(grad.dtype))  # (n, V) rows
     job.terms = {k: torch.cat(v) for k, v in pieces.items()}  # term -> (N,)
     return total, grad
 
@@ -337,7 +371,7 @@ def _run(
     teacher_logits: Tensor | None,
     labels: Tensor,
     kernel: Kernel,
-    coef: Callable[[Tensor, Tensor], dict[str, Tensor]] | dict[str, float],
+    coef: dict[str, float] | dict[str, Tensor],
     temperature: float,
     chunk_size: int,
     teacher_lse: Tensor | None = None,
@@ -346,8 +380,8 @@ def _run(
     """Gather counted rows, build per-row term weights and run the chunked Function.
 
     Args:
-        coef: term -> weight per counted token, either a constant (divided by N here, i.e. a mean) or
-            an explicit dict of (N,) tensors.
+        coef: term -> weight per counted token: either constants (divided by N here, i.e. a mean) or
+            (N,) tensors.
 
     Returns:
         (scalar loss, the job with its per-token ``terms`` filled).
@@ -355,7 +389,7 @@ def _run(
     V = student_logits.shape[-1]
     idx, target = idx_target if idx_target is not None else _counted(labels, V)
     cdt = _compute_dtype(student_logits)
-    if isinstance(coef, dict) and all(isinstance(v, (int, float)) for v in coef.values()):
+    if all(isinstance(v, (int, float)) for v in coef.values()):
         n = max(idx.numel(), 1)
         coef = {k: torch.full((idx.numel(),), v / n, dtype=cdt, device=idx.device) for k, v in coef.items()}
     job = _Job(kernel, idx, target, coef, float(temperature), int(chunk_size), teacher_lse)
@@ -363,9 +397,9 @@ def _run(
     return loss, job
 
 
-def _row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise dot product: (n, V), (n, V) -> (n,)."""
-    return torch.linalg.vecdot(a, b, dim=-1)  # (n,)
+def _dot_(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot product that overwrites ``a`` (no temporary): (n, V), (n, V) -> (n,)."""
+    return a.mul_(b).sum(-1)
 
 
 def _col(x: Tensor) -> Tensor:
@@ -377,119 +411,121 @@ def _mean(t: Tensor) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# Kernels: one chunk of log-probabilities -> per-token terms and gradient
+# Kernels: one chunk of log-probabilities -> per-token terms, gradient written into `out`
 # --------------------------------------------------------------------------------------------------
 
 
-def _k_forward(ls: Tensor, lt: Tensor, target: Tensor, w: dict[str, Tensor] | None):
+def _k_forward(ls, lt, target, w, ws, out):
     """KL(p_t || p_s) = sum p_t (log p_t - log p_s); d/dz_s = p_s - p_t."""
-    pt = lt.exp()  # (n, V)
-    kl = _row_dot(pt, lt.sub_(ls))  # (n,)
-    grad = None
+    pt = torch.exp(lt, out=ws("a", len(target)))  # (n, V)
+    kl = _dot_(lt.sub_(ls), pt)  # (n,)
     if w is not None:
-        grad = ls.exp_().sub_(pt).mul_(_col(w["kl"]))  # (n, V)
-    return {"kl": kl}, grad
+        torch.sub(ls.exp_(), pt, out=out).mul_(_col(w["kl"]))  # (n, V)
+    return {"kl": kl}
 
 
-def _k_reverse(ls: Tensor, lt: Tensor, target: Tensor, w: dict[str, Tensor] | None):
+def _k_reverse(ls, lt, target, w, ws, out):
     """KL(p_s || p_t) = sum p_s (log p_s - log p_t); d/dz_s = p_s * (log p_s - log p_t - KL)."""
-    ps = ls.exp()  # (n, V)
+    ps = torch.exp(ls, out=ws("a", len(target)))  # (n, V)
     d = ls.sub_(lt)  # (n, V) log p_s - log p_t
-    kl = _row_dot(ps, d)  # (n,)
-    grad = None
+    kl = torch.mul(ps, d, out=lt).sum(-1)  # (n,)
     if w is not None:
-        grad = d.sub_(_col(kl)).mul_(ps.mul_(_col(w["kl"])))  # (n, V)
-    return {"kl": kl}, grad
+        torch.mul(d.sub_(_col(kl)), ps.mul_(_col(w["kl"])), out=out)  # (n, V)
+    return {"kl": kl}
 
 
-def _k_jsd(ls: Tensor, lt: Tensor, target: Tensor, w: dict[str, Tensor] | None):
+def _k_jsd(ls, lt, target, w, ws, out):
     """Both KLs from one pair of log-softmaxes: terms ``forward`` and ``reverse``."""
-    pt = lt.exp()  # (n, V)
-    ps = ls.exp()  # (n, V)
+    n = len(target)
+    pt = torch.exp(lt, out=ws("a", n))  # (n, V)
+    ps = torch.exp(ls, out=ws("b", n))  # (n, V)
     d = ls.sub_(lt)  # (n, V) log p_s - log p_t
-    fkl = -_row_dot(pt, d)  # (n,)
-    rkl = _row_dot(ps, d)  # (n,)
-    grad = None
+    fkl = -torch.mul(pt, d, out=lt).sum(-1)  # (n,)
+    rkl = torch.mul(ps, d, out=lt).sum(-1)  # (n,)
     if w is not None:
         wf, wr = _col(w["forward"]), _col(w["reverse"])  # (n, 1)
         # wf * (p_s - p_t) + wr * p_s * (d - rkl)
-        grad = d.sub_(_col(rkl)).mul_(wr).add_(wf).mul_(ps).sub_(pt.mul_(wf))  # (n, V)
-    return {"forward": fkl, "reverse": rkl}, grad
+        torch.mul(d.sub_(_col(rkl)).mul_(wr).add_(wf), ps, out=out).addcmul_(pt, wf, value=-1.0)  # (n, V)
+    return {"forward": fkl, "reverse": rkl}
 
 
-def _log_mix(la: Tensor, lb: Tensor, a: float) -> Tensor:
-    """log(a * exp(la) + (1 - a) * exp(lb)) in log space: (n, V), (n, V) -> (n, V)."""
+def _log_mix(la: Tensor, lb: Tensor, a: float, out: Tensor, tmp: Tensor) -> Tensor:
+    """log(a * exp(la) + (1 - a) * exp(lb)) in log space into ``out``: (n, V), (n, V) -> (n, V)."""
     if a <= 0.0:
-        return lb.clone()
+        return out.copy_(lb)
     if a >= 1.0:
-        return la.clone()
-    return torch.logaddexp(la + math.log(a), lb + math.log1p(-a))
+        return out.copy_(la)
+    return torch.logaddexp(torch.add(la, math.log(a), out=out), torch.add(lb, math.log1p(-a), out=tmp), out=out)
 
 
 def _make_gjsd(beta: float) -> Kernel:
-    def kernel(ls: Tensor, lt: Tensor, target: Tensor, w: dict[str, Tensor] | None):
-        """beta KL(p_t||m) + (1-beta) KL(p_s||m), m = beta p_t + (1-beta) p_s; d/dz_s = (1-beta) p_s (f - <p_s,f>), f = log p_s - log m."""
-        lm = _log_mix(lt, ls, beta)  # (n, V)
-        pt = lt.exp()  # (n, V)
-        ps = ls.exp()  # (n, V)
+    def kernel(ls, lt, target, w, ws, out):
+        """beta KL(p_t||m) + (1-beta) KL(p_s||m), m = beta p_t + (1-beta) p_s.
+
+        d/dz_s = (1-beta) p_s (f - <p_s, f>), f = log p_s - log m.
+        """
+        n = len(target)
+        lm = _log_mix(lt, ls, beta, ws("a", n), ws("b", n))  # (n, V)
+        pt = torch.exp(lt, out=ws("b", n))  # (n, V)
+        kt = _dot_(lt.sub_(lm), pt)  # (n,) KL(p_t || m)
+        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
         f = ls.sub_(lm)  # (n, V) log p_s - log m
-        sf = _row_dot(ps, f)  # (n,)  KL(p_s || m)
-        st = _row_dot(pt, lt.sub_(lm))  # (n,)  KL(p_t || m)
-        js = beta * st + (1.0 - beta) * sf  # (n,)
-        grad = None
+        ks = torch.mul(ps, f, out=lt).sum(-1)  # (n,) KL(p_s || m)
         if w is not None:
-            grad = f.sub_(_col(sf)).mul_(ps.mul_(_col(w["gjsd"]) * (1.0 - beta)))  # (n, V)
-        return {"gjsd": js}, grad
+            torch.mul(f.sub_(_col(ks)), ps.mul_(_col(w["gjsd"]) * (1.0 - beta)), out=out)  # (n, V)
+        return {"gjsd": beta * kt + (1.0 - beta) * ks}
 
     return kernel
 
 
-def _k_tvd(ls: Tensor, lt: Tensor, target: Tensor, w: dict[str, Tensor] | None):
+def _k_tvd(ls, lt, target, w, ws, out):
     """0.5 sum |p_s - p_t|; d/dz_s = 0.5 p_s (s - <p_s, s>), s = sign(p_s - p_t)."""
     ps = ls.exp_()  # (n, V)
     diff = lt.exp_().sub_(ps)  # (n, V) p_t - p_s
     tv = 0.5 * torch.linalg.vector_norm(diff, ord=1, dim=-1)  # (n,)
-    grad = None
     if w is not None:
         sgn = diff.sign_()  # (n, V) sign(p_t - p_s) = -s
-        grad = sgn.sub_(_col(_row_dot(ps, sgn))).mul_(ps.mul_(_col(w["tvd"]) * -0.5))  # (n, V)
-    return {"tvd": tv}, grad
+        dot = torch.mul(ps, sgn, out=ws("a", len(target))).sum(-1)  # (n,)
+        torch.mul(sgn.sub_(_col(dot)), ps.mul_(_col(w["tvd"]) * -0.5), out=out)  # (n, V)
+    return {"tvd": tv}
 
 
 def _make_skl(alpha: float) -> Kernel:
-    def kernel(ls: Tensor, lt: Tensor, target: Tensor, w: dict[str, Tensor] | None):
-        """KL(p_t || m), m = alpha p_t + (1-alpha) p_s; d/dz_s = -(1-alpha) p_s (r - <p_s, r>), r = p_t / m."""
-        lm = _log_mix(lt, ls, alpha)  # (n, V)
-        pt = lt.exp()  # (n, V)
+    def kernel(ls, lt, target, w, ws, out):
+        """KL(p_t || m), m = alpha p_t + (1-alpha) p_s; d/dz_s = -(1-alpha) p_s (r - <p_s, r>), r = p_t/m."""
+        n = len(target)
+        lm = _log_mix(lt, ls, alpha, ws("a", n), ws("b", n))  # (n, V)
+        pt = torch.exp(lt, out=ws("b", n))  # (n, V)
         r = lt.sub_(lm)  # (n, V) log p_t - log m
-        kl = _row_dot(pt, r)  # (n,)
-        grad = None
+        kl = torch.mul(pt, r, out=lm).sum(-1)  # (n,)
         if w is not None:
             ps = ls.exp_()  # (n, V)
             r.exp_()  # (n, V) p_t / m <= 1 / alpha
-            grad = r.sub_(_col(_row_dot(ps, r))).mul_(ps.mul_(_col(w["skl"]) * -(1.0 - alpha)))  # (n, V)
-        return {"skl": kl}, grad
+            dot = torch.mul(ps, r, out=lm).sum(-1)  # (n,)
+            torch.mul(r.sub_(_col(dot)), ps.mul_(_col(w["skl"]) * -(1.0 - alpha)), out=out)  # (n, V)
+        return {"skl": kl}
 
     return kernel
 
 
 def _make_srkl(alpha: float) -> Kernel:
-    def kernel(ls: Tensor, lt: Tensor, target: Tensor, w: dict[str, Tensor] | None):
+    def kernel(ls, lt, target, w, ws, out):
         """KL(p_s || m), m = (1-alpha) p_t + alpha p_s; d/dz_s = p_s (f - <p_s, f>), f = log(p_s/m) - alpha p_s/m."""
-        lm = _log_mix(ls, lt, alpha)  # (n, V)
-        ps = ls.exp()  # (n, V)
+        n = len(target)
+        lm = _log_mix(ls, lt, alpha, ws("a", n), ws("b", n))  # (n, V)
+        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
         f = ls.sub_(lm)  # (n, V) log p_s - log m
-        kl = _row_dot(ps, f)  # (n,)
-        grad = None
+        kl = torch.mul(ps, f, out=lm).sum(-1)  # (n,)
         if w is not None:
-            f = f.sub_(torch.exp(f).mul_(alpha))  # (n, V) log(p_s/m) - alpha p_s / m
-            grad = f.sub_(_col(_row_dot(ps, f))).mul_(ps.mul_(_col(w["srkl"])))  # (n, V)
-        return {"srkl": kl}, grad
+            f.sub_(torch.exp(f, out=lm).mul_(alpha))  # (n, V) log(p_s/m) - alpha p_s/m
+            dot = torch.mul(ps, f, out=lm).sum(-1)  # (n,)
+            torch.mul(f.sub_(_col(dot)), ps.mul_(_col(w["srkl"])), out=out)  # (n, V)
+        return {"srkl": kl}
 
     return kernel
 
 
-def _log1m_sum(logp: Tensor, p: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+def _log1m_sum(logp: Tensor, p: Tensor, target: Tensor) -> Tensor:
     """Non-target mass of each row, exactly, and the renormalized non-target distribution.
 
     Args:
@@ -497,7 +533,7 @@ def _log1m_sum(logp: Tensor, p: Tensor, target: Tensor) -> tuple[Tensor, Tensor]
         target: (n,).
 
     Returns:
-        log1m: (n,) log(1 - p[g]) = log sum_{j != g} p_j; phat: (n, V) p_j / (1 - p[g]), 0 at the target.
+        log1m: (n,) log(1 - p[g]) = log sum_{j != g} p_j.
     """
     tg = _col(target)  # (n, 1)
     p.scatter_(1, tg, 0.0)  # (n, V) non-target probabilities
@@ -511,7 +547,7 @@ def _log1m_sum(logp: Tensor, p: Tensor, target: Tensor) -> tuple[Tensor, Tensor]
         lse = torch.logsumexp(lb, dim=-1)  # (m,)
         log1m[bad] = lse
         p.index_copy_(0, bad, lb.sub_(_col(lse)).exp_())  # (m, V) phat rows, exact in log space
-    return log1m, p
+    return log1m
 
 
 def _make_decoupled(setting: str) -> Kernel:
@@ -522,35 +558,37 @@ def _make_decoupled(setting: str) -> Kernel:
     """
     reverse = setting == "reverse"
 
-    def kernel(ls: Tensor, lt: Tensor, target: Tensor, w: dict[str, Tensor] | None):
+    def kernel(ls, lt, target, w, ws, out):
+        n = len(target)
         tg = _col(target)  # (n, 1)
         lgs, lgt = ls.gather(1, tg).squeeze(1), lt.gather(1, tg).squeeze(1)  # (n,) log p[g]
         pgs, pgt = lgs.exp(), lgt.exp()  # (n,)
-        l1s, hs = _log1m_sum(ls, ls.exp(), target)  # (n,), (n, V) phat_s
-        l1t, ht = _log1m_sum(lt, lt.exp(), target)  # (n,), (n, V) phat_t
+        hs = torch.exp(ls, out=ws("a", n))  # (n, V)
+        l1s = _log1m_sum(ls, hs, target)  # (n,); hs is now phat_s
+        ht = torch.exp(lt, out=ws("b", n))  # (n, V)
+        l1t = _log1m_sum(lt, ht, target)  # (n,); ht is now phat_t
         d = lt.sub_(ls).scatter_(1, tg, 0.0)  # (n, V) log p_t - log p_s off the target
         if not reverse:
             tckd = pgt * (lgt - lgs) + l1t.exp() * (l1t - l1s)  # (n,)
-            nckd = _row_dot(ht, d) - l1t + l1s  # (n,)
+            nckd = torch.mul(ht, d, out=ls).sum(-1) - l1t + l1s  # (n,)
         else:
             tckd = pgs * (lgs - lgt) + l1s.exp() * (l1s - l1t)  # (n,)
-            nckd = -_row_dot(hs, d) - l1s + l1t  # (n,)
-        grad = None
+            nckd = -torch.mul(hs, d, out=ls).sum(-1) - l1s + l1t  # (n,)
         if w is not None:
             a, b = w["tckd"], w["nckd"]  # (n,)
             if not reverse:
                 # off target: b (phat_s - phat_t) + a phat_s (p_t[g] - p_s[g]); target: a (p_s[g] - p_t[g])
-                grad = hs.mul_(_col(b + a * (pgt - pgs))).sub_(ht.mul_(_col(b)))  # (n, V)
+                torch.mul(hs, _col(b + a * (pgt - pgs)), out=out).addcmul_(ht, _col(b), value=-1.0)  # (n, V)
                 g_tgt = a * (pgs - pgt)  # (n,)
             else:
                 # off target: phat_s [b (f - NCKD) - a h q (1-q)], f = -d - l1s + l1t, q = p_s[g],
                 # h = (log q - log p_t[g]) - (log(1-q) - log(1-p_t[g])); target: a h q (1-q)
                 hq = ((lgs - lgt) - (l1s - l1t)) * pgs * l1s.exp()  # (n,)
                 c = b * (l1t - l1s - nckd) - a * hq  # (n,)
-                grad = d.mul_(_col(-b)).add_(_col(c)).mul_(hs)  # (n, V)
+                torch.mul(d.mul_(_col(-b)).add_(_col(c)), hs, out=out)  # (n, V)
                 g_tgt = a * hq  # (n,)
-            grad.scatter_(1, tg, _col(g_tgt))  # (n, V) target entries
-        return {"tckd": tckd, "nckd": nckd}, grad
+            out.scatter_(1, tg, _col(g_tgt))  # (n, V) target entries
+        return {"tckd": tckd, "nckd": nckd}
 
     return kernel
 
@@ -571,14 +609,15 @@ def _head_gap(pt: Tensor, err: Tensor, mu: float) -> Tensor:
     n, V = pt.shape
     gap = torch.zeros(n, dtype=pt.dtype, device=pt.device)
     pending = torch.arange(n, device=pt.device)  # (m,)
-    k = min(V, 32)
+    k = min(V, 256)
     while pending.numel():
-        rows = pt if pending.numel() == n else pt.index_select(0, pending)  # (m, V)
+        every = pending.numel() == n
+        rows = pt if every else pt.index_select(0, pending)  # (m, V)
         vals, top = rows.topk(k, dim=-1)  # (m, k) descending
         csum = vals.cumsum(-1)  # (m, k)
         head = csum <= mu  # (m, k)
         head[:, 0] = True
-        e = (err if pending.numel() == n else err.index_select(0, pending)).gather(1, top)  # (m, k)
+        e = (err if every else err.index_select(0, pending)).gather(1, top)  # (m, k)
         g = (e * head).sum(-1)  # (m,)
         done = (csum[:, -1] > mu) | (k == V)  # (m,)
         gap[pending[done]] = g[done]
@@ -588,39 +627,37 @@ def _head_gap(pt: Tensor, err: Tensor, mu: float) -> Tensor:
 
 
 def _make_akl(mu: float) -> Kernel:
-    def kernel(ls: Tensor, lt: Tensor, target: Tensor, w: dict[str, Tensor] | None):
+    def kernel(ls, lt, target, w, ws, out):
         """w_head KL(p_t||p_s) + w_tail KL(p_s||p_t); w from head/tail gaps of |p_t - p_s| (constants)."""
-        pt = lt.exp()  # (n, V)
-        ps = ls.exp()  # (n, V)
-        err = torch.sub(pt, ps).abs_()  # (n, V)
+        n = len(target)
+        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
+        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
+        err = torch.sub(pt, ps, out=ws("c", n)).abs_()  # (n, V)
         total = err.sum(-1)  # (n,)
         head = _head_gap(pt, err, mu)  # (n,)
-        del err
-        safe = total > 0
-        wh = torch.where(safe, head / total.clamp(min=torch.finfo(total.dtype).tiny), 0.5)  # (n,)
-        wt = torch.where(safe, (total - head) / total.clamp(min=torch.finfo(total.dtype).tiny), 0.5)  # (n,)
+        tiny = torch.finfo(total.dtype).tiny
+        wh = torch.where(total > 0, head / total.clamp(min=tiny), 0.5)  # (n,)
+        wt = torch.where(total > 0, (total - head) / total.clamp(min=tiny), 0.5)  # (n,)
         d = ls.sub_(lt)  # (n, V) log p_s - log p_t
-        fkl = -_row_dot(pt, d)  # (n,)
-        rkl = _row_dot(ps, d)  # (n,)
-        grad = None
+        fkl = -torch.mul(pt, d, out=err).sum(-1)  # (n,)
+        rkl = torch.mul(ps, d, out=err).sum(-1)  # (n,)
         if w is not None:
             cf, cr = _col(w["akl"] * wh), _col(w["akl"] * wt)  # (n, 1)
             # cf (p_s - p_t) + cr p_s (d - rkl)
-            grad = d.sub_(_col(rkl)).mul_(cr).add_(cf).mul_(ps).sub_(pt.mul_(cf))  # (n, V)
-        return {"akl": wh * fkl + wt * rkl, "head_weight": wh}, grad
+            torch.mul(d.sub_(_col(rkl)).mul_(cr).add_(cf), ps, out=out).addcmul_(pt, cf, value=-1.0)  # (n, V)
+        return {"akl": wh * fkl + wt * rkl, "head_weight": wh}
 
     return kernel
 
 
-def _k_sft(ls: Tensor, lt: Tensor | None, target: Tensor, w: dict[str, Tensor] | None):
+def _k_sft(ls, lt, target, w, ws, out):
     """Cross-entropy -log p_s[g]; d/dz_s = p_s - onehot(g)."""
     tg = _col(target)  # (n, 1)
     ce = -ls.gather(1, tg).squeeze(1)  # (n,)
-    grad = None
     if w is not None:
         wc = _col(w["ce"])  # (n, 1)
-        grad = ls.exp_().mul_(wc).scatter_add_(1, tg, -wc)  # (n, V)
-    return {"ce": ce}, grad
+        torch.mul(ls.exp_(), wc, out=out).scatter_add_(1, tg, -wc)  # (n, V)
+    return {"ce": ce}
 
 
 # --------------------------------------------------------------------------------------------------
