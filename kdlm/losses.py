@@ -62,7 +62,7 @@ __all__ = ["IGNORE_INDEX", "LOSSES", "HPARAMS", "validate_hparams"]
 #   B = batch size, T = sequence length, V = vocabulary size,
 #   N = number of counted tokens (labels != IGNORE_INDEX), n = tokens in one chunk (<= chunk_size).
 IGNORE_INDEX = -100
-DEFAULT_CHUNK_SIZE = 64
+DEFAULT_CHUNK_SIZE = 32
 NEG_LARGE = -1e30  # stands in for -inf logits: exp() is exactly 0, arithmetic stays finite
 
 Tensor = torch.Tensor
@@ -445,7 +445,8 @@ def _k_jsd(ls, lt, target, w, ws, out):
     if w is not None:
         wf, wr = _col(w["forward"]), _col(w["reverse"])  # (n, 1)
         # wf * (p_s - p_t) + wr * p_s * (d - rkl)
-        torch.mul(d.sub_(_col(rkl)).mul_(wr).add_(wf), ps, out=out).addcmul_(pt, wf, value=-1.0)  # (n, V)
+        d.mul_(wr).add_(wf - wr * _col(rkl))  # (n, V)
+        torch.mul(d, ps, out=out).addcmul_(pt, wf, value=-1.0)  # (n, V)
     return {"forward": fkl, "reverse": rkl}
 
 
@@ -593,6 +594,32 @@ def _make_decoupled(setting: str) -> Kernel:
     return kernel
 
 
+def _topk_blocked(x: Tensor, k: int, block: int = 32) -> tuple[Tensor, Tensor]:
+    """Row-wise ``topk`` (values descending, indices) that looks only at the most promising blocks.
+
+    The k largest entries of a row lie in the k blocks (of ``block`` consecutive columns) with the
+    largest maxima, so a cheap block-max pass narrows topk down to k * block candidates (up to ties).
+
+    Args:
+        x: (n, V). k: number of entries, <= V.
+
+    Returns:
+        values (n, k) descending, indices (n, k) into V.
+    """
+    n, V = x.shape
+    nb = V // block
+    if nb <= k:
+        return x.topk(k, dim=-1)
+    blocks = x[:, : nb * block].view(n, nb, block)  # (n, V) -> (n, nb, block)
+    best = blocks.amax(-1).topk(k, dim=-1).indices  # (n, k) block numbers
+    cols = (best.unsqueeze(-1) * block + torch.arange(block, device=x.device)).view(n, k * block)  # (n, k*block)
+    if V % block:
+        tail = torch.arange(nb * block, V, device=x.device).expand(n, -1)  # (n, V % block) leftover columns
+        cols = torch.cat([cols, tail], dim=1)  # (n, k*block + V % block)
+    vals, pos = x.gather(1, cols).topk(k, dim=-1)  # (n, k)
+    return vals, cols.gather(1, pos)  # (n, k), (n, k)
+
+
 def _head_gap(pt: Tensor, err: Tensor, mu: float) -> Tensor:
     """AKL's head gap per row: sum of ``err`` over the teacher's head tokens.
 
@@ -601,7 +628,7 @@ def _head_gap(pt: Tensor, err: Tensor, mu: float) -> Tensor:
     ``topk`` of growing ``k`` instead of a full sort; a row is settled once its top-k mass exceeds ``mu``.
 
     Args:
-        pt: (n, V) teacher probabilities. err: (n, V) |p_t - p_s|. mu: head mass.
+        pt: (n, V) teacher probabilities. err: (n, V) p_t - p_s (its absolute value is summed). mu: head mass.
 
     Returns:
         (n,) head gap.
@@ -613,12 +640,12 @@ def _head_gap(pt: Tensor, err: Tensor, mu: float) -> Tensor:
     while pending.numel():
         every = pending.numel() == n
         rows = pt if every else pt.index_select(0, pending)  # (m, V)
-        vals, top = rows.topk(k, dim=-1)  # (m, k) descending
+        vals, top = _topk_blocked(rows, k)  # (m, k) descending
         csum = vals.cumsum(-1)  # (m, k)
         head = csum <= mu  # (m, k)
         head[:, 0] = True
         e = (err if every else err.index_select(0, pending)).gather(1, top)  # (m, k)
-        g = (e * head).sum(-1)  # (m,)
+        g = (e.abs_() * head).sum(-1)  # (m,)
         done = (csum[:, -1] > mu) | (k == V)  # (m,)
         gap[pending[done]] = g[done]
         pending = pending[~done]  # (m',)
@@ -632,19 +659,20 @@ def _make_akl(mu: float) -> Kernel:
         n = len(target)
         pt = torch.exp(lt, out=ws("a", n))  # (n, V)
         ps = torch.exp(ls, out=ws("b", n))  # (n, V)
-        err = torch.sub(pt, ps, out=ws("c", n)).abs_()  # (n, V)
-        total = err.sum(-1)  # (n,)
-        head = _head_gap(pt, err, mu)  # (n,)
+        diff = torch.sub(pt, ps, out=ws("c", n))  # (n, V)
+        total = torch.linalg.vector_norm(diff, ord=1, dim=-1)  # (n,) sum |p_t - p_s|
+        head = _head_gap(pt, diff, mu)  # (n,)
         tiny = torch.finfo(total.dtype).tiny
         wh = torch.where(total > 0, head / total.clamp(min=tiny), 0.5)  # (n,)
         wt = torch.where(total > 0, (total - head) / total.clamp(min=tiny), 0.5)  # (n,)
         d = ls.sub_(lt)  # (n, V) log p_s - log p_t
-        fkl = -torch.mul(pt, d, out=err).sum(-1)  # (n,)
-        rkl = torch.mul(ps, d, out=err).sum(-1)  # (n,)
+        fkl = -torch.mul(pt, d, out=diff).sum(-1)  # (n,)
+        rkl = torch.mul(ps, d, out=diff).sum(-1)  # (n,)
         if w is not None:
-            cf, cr = _col(w["akl"] * wh), _col(w["akl"] * wt)  # (n, 1)
-            # cf (p_s - p_t) + cr p_s (d - rkl)
-            torch.mul(d.sub_(_col(rkl)).mul_(cr).add_(cf), ps, out=out).addcmul_(pt, cf, value=-1.0)  # (n, V)
+            cf, cr = w["akl"] * wh, w["akl"] * wt  # (n,)
+            # cf (p_s - p_t) + cr p_s (d - rkl) = p_s (cr d + cf - cr rkl) - cf p_t
+            d.mul_(_col(cr)).add_(_col(cf - cr * rkl))  # (n, V)
+            torch.mul(d, ps, out=out).addcmul_(pt, _col(cf), value=-1.0)  # (n, V)
         return {"akl": wh * fkl + wt * rkl, "head_weight": wh}
 
     return kernel

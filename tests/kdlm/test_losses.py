@@ -470,3 +470,19 @@ def test_validate_hparams():
         LOSSES["forward"](s, t, y.clamp(min=0) + 100)
     with pytest.raises(ValueError, match="shape"):
         LOSSES["forward"](s, t[:, :-1], y)
+
+
+@pytest.mark.parametrize("V", [1000, 9001, 20000])
+@pytest.mark.parametrize("scale", [0.5, 3.0, 20.0])
+def test_akl_head_gap_matches_full_sort(V, scale):
+    # top-k search with growing k (blocked when V > 256 * 32) must give the sorted-prefix head exactly;
+    # scale 0.5 makes the head large (k grows past 256), scale 20 makes it one token
+    from kdlm.losses import _head_gap
+
+    pt = torch.softmax(torch.randn(6, V, dtype=torch.float64) * scale, -1)
+    err = pt - torch.softmax(torch.randn(6, V, dtype=torch.float64) * scale, -1)
+    sorted_p, order = pt.sort(-1, descending=True)
+    tail = sorted_p.cumsum(-1) > 0.5
+    tail[:, 0] = False
+    want = (err.gather(1, order).abs() * ~tail).sum(-1)
+    torch.testing.assert_close(_head_gap(pt, err, 0.5), want, rtol=1e-12, atol=1e-15)

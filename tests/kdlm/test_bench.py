@@ -1,0 +1,56 @@
+"""Tests for kdlm.bench: the CLI wiring and one measurement at a tiny shape (no timing assertions)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pandas as pd
+import pytest
+
+import kdlm.bench as bench
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import torch
+
+    torch.manual_seed(0)
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_arguments_and_defaults():
+    args = _parse("losses")
+    assert (args.tokens, args.vocab, args.repeats, args.json) == (1024, 50272, 3, False)
+    args = _parse("losses", "--tokens", "64", "--vocab", "1000", "--json")
+    assert (args.tokens, args.vocab, args.json) == (64, 1000, True)
+
+
+@pytest.mark.parametrize("impl", ["kdlm", "reference", "floor"])
+def test_measure_in_process(impl):
+    got = bench._measure({"tokens": 8, "vocab": 50, "repeats": 3, "impl": impl, "loss": "atkd"})
+    assert got["time_ms"] > 0
+    assert math.isnan(got["peak_extra_mb"]) or got["peak_extra_mb"] >= 0
+
+
+def test_bench_losses_writes_parquet_and_json(tmp_path, capsys):
+    out = tmp_path / "bench" / "losses.parquet"
+    args = _parse("losses", "--tokens", "8", "--vocab", "40", "--losses", "forward", "--out", str(out), "--json")
+    assert bench.run(args) == 0
+    df = pd.read_parquet(out)
+    assert list(df["loss"]) == ["forward"]
+    assert {"kdlm_ms", "reference_ms", "floor_ms", "kdlm_mem_mb", "reference_mem_mb", "ok_time"} <= set(df.columns)
+    assert '"rows"' in capsys.readouterr().out
+    assert not list(out.parent.glob(".*tmp"))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown losses"):
+        bench.run(_parse("losses", "--losses", "nope"))
+    with pytest.raises(ValueError, match="repeats"):
+        bench.run(_parse("losses", "--repeats", "1"))
