@@ -1,4 +1,4 @@
-"""Benchmarks that print figures: ``kdlm bench losses`` (and later ``kdlm bench train``).
+"""Benchmarks that print figures: ``kdlm bench losses``, ``kdlm bench generate`` (and later ``kdlm bench train``).
 
 ``kdlm bench losses`` measures, for every loss in :data:`kdlm.losses.LOSSES`, the forward+backward time
 (median of ``--repeats`` runs, after one warm-up run) and the peak extra memory of kdlm's chunked
@@ -22,6 +22,14 @@ subprocess.
 
 Acceptance (issue 3): every loss <= 2x the floor in time and <= 1.5 logits tensors of peak extra memory;
 ATKD and DKD >= 4x faster than their straightforward versions.
+
+``kdlm bench generate`` measures new tokens per second of kdlm's batched generation
+(:func:`kdlm.generation.generate_responses`: length-sorted, left-padded batches, KV cache) against the
+straightforward loop that calls ``model.generate`` on one prompt at a time (KV cache too), greedy, on
+the same model, the same ``--prompts`` lab prompts and in the same process, after one warm-up call on
+each side. Only real response tokens count (up to and excluding EOS) on both sides. Without
+``--model`` it builds a lab teacher of the default study's size (LLaMA, 4 layers x 256, random
+weights) in a temporary directory. Acceptance (issue 4): batched >= 3x the loop at batch 16.
 """
 
 from __future__ import annotations
@@ -39,8 +47,8 @@ DEFAULT_OUT = Path("results/bench/losses.parquet")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``bench`` subcommands (``losses``) to ``parser``."""
-    sub = parser.add_subparsers(dest="bench_command", required=True, metavar="{losses}")
+    """Add the ``bench`` subcommands (``losses``, ``generate``) to ``parser``."""
+    sub = parser.add_subparsers(dest="bench_command", required=True, metavar="{losses,generate}")
     p = sub.add_parser("losses", help="time and memory of every loss vs its straightforward version")
     p.add_argument("--tokens", type=int, default=1024, help="counted tokens B*T (default 1024)")
     p.add_argument("--vocab", type=int, default=50272, help="vocabulary size V (default 50272, OPT's)")
@@ -50,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"parquet file to write (default {DEFAULT_OUT})")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.set_defaults(bench_func=_bench_losses)
+    _add_generate_arguments(sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,6 +238,124 @@ def _print_table(rows: list[dict[str, Any]], floor_ms: float, logits_mb: float, 
     console = Console(width=140)
     console.print(table)
     console.print(f"wrote {args.out}")
+
+
+# --------------------------------------------------------------------------------------------------
+# kdlm bench generate
+# --------------------------------------------------------------------------------------------------
+
+
+def _add_generate_arguments(sub) -> None:
+    p = sub.add_parser("generate", help="tokens/s of batched generation vs a one-prompt-at-a-time loop")
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: build a lab teacher)")
+    p.add_argument("--prompts", type=int, default=64, help="lab prompts generated for (default 64)")
+    p.add_argument("--batch-size", type=int, default=16, help="kdlm's batch size (default 16)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="new tokens per prompt (default 32)")
+    p.add_argument("--template", default="paper", help="prompt template (default paper)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    p.set_defaults(bench_func=_bench_generate)
+
+
+def _lab_teacher(root: Path, n_records: int) -> tuple[Path, list[dict]]:
+    """A lab teacher of the default study's size (random weights) and lab records to prompt it with."""
+    from kdlm.lab.corpus import CorpusConfig, build_corpus, training_texts, write_corpus
+    from kdlm.lab.models import LabModelConfig, build_model
+    from kdlm.lab.tokenizer import train_tokenizer
+
+    paths = write_corpus(build_corpus(CorpusConfig(n_train=max(n_records, 200), n_validation=1, n_test=1)), root / "corpus")
+    train = next(p for p in paths if p.stem == "train")
+    train_tokenizer(training_texts([train]), 1024, root / "tokenizer")
+    cfg = LabModelConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, seed=0)
+    build_model(cfg, root / "tokenizer", root / "teacher")
+    return root / "teacher", json.loads(train.read_text(encoding="utf-8"))
+
+
+def _loop_generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> int:
+    """The straightforward way: one ``model.generate`` call per prompt; returns the new tokens made."""
+    import torch
+
+    eos, made = tokenizer.eos_token_id, 0
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])  # (1, T)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=eos)  # fmt: skip
+        new = out[0, ids.shape[1] :].tolist()  # (T + T_new,) -> (T_new,)
+        made += new.index(eos) if eos in new else len(new)
+    return made
+
+
+def _bench_generate(args: argparse.Namespace) -> int:
+    import tempfile
+    import time
+
+    from kdlm.data.templates import format_prompt
+    from kdlm.generation import GenerateConfig, generate_responses
+    from kdlm.models import load_model, load_tokenizer, set_threads
+
+    if args.prompts < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
+        raise ValueError(f"--prompts, --batch-size and --max-new-tokens must be >= 1, got "
+                         f"{args.prompts}, {args.batch_size}, {args.max_new_tokens}")  # fmt: skip
+    set_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="kdlm-bench-") as tmp:
+        if args.model is None:
+            model_path, records = _lab_teacher(Path(tmp), args.prompts)
+        else:
+            from kdlm.lab.corpus import CorpusConfig, build_corpus
+
+            model_path, records = args.model, build_corpus(CorpusConfig(n_train=max(args.prompts, 200)))["train"]
+        model, tokenizer = load_model(model_path), load_tokenizer(model_path)
+    model.eval()
+    prompts = [format_prompt(r["instruction"], r["input"], args.template) for r in records[: args.prompts]]
+    if len(prompts) < args.prompts:
+        raise ValueError(f"only {len(prompts)} prompts available, asked for --prompts {args.prompts}")
+    cfg = GenerateConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    generate_responses(model, tokenizer, prompts[:2], GenerateConfig(max_new_tokens=2, batch_size=2), desc="warm-up")
+    _loop_generate(model, tokenizer, prompts[:1], 2)
+
+    t0 = time.perf_counter()
+    results = generate_responses(model, tokenizer, prompts, cfg, desc="bench batched")
+    batched_s = time.perf_counter() - t0
+    batched_tokens = sum(r["n_response_tokens"] for r in results)
+    t0 = time.perf_counter()
+    loop_tokens = _loop_generate(model, tokenizer, prompts, args.max_new_tokens)
+    loop_s = time.perf_counter() - t0
+
+    batched_tps, loop_tps = batched_tokens / batched_s, loop_tokens / loop_s
+    figures = {
+        "model": str(args.model) if args.model else "lab teacher (llama, 4 x 256, built for the benchmark)",
+        "prompts": len(prompts),
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "threads": _threads(),
+        "batched_tokens": batched_tokens,
+        "batched_s": batched_s,
+        "batched_tokens_per_s": batched_tps,
+        "loop_tokens": loop_tokens,
+        "loop_s": loop_s,
+        "loop_tokens_per_s": loop_tps,
+        "speedup": batched_tps / loop_tps,
+        "ok_speedup": bool(batched_tps / loop_tps >= 3),
+    }
+    if args.json:
+        print(json.dumps(figures, indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"kdlm bench generate: {figures['model']}, {len(prompts)} prompts, "
+                        f"{args.max_new_tokens} new tokens, greedy, CPU, {_threads()} threads")  # fmt: skip
+    for col in ("side", "new tokens", "seconds", "tokens/s"):
+        table.add_column(col, justify="left" if col == "side" else "right")
+    table.add_row(f"kdlm batched (batch {args.batch_size})", str(batched_tokens), f"{batched_s:.2f}", f"{batched_tps:.0f}")
+    table.add_row("one prompt at a time", str(loop_tokens), f"{loop_s:.2f}", f"{loop_tps:.0f}")
+    console = Console(width=140)
+    console.print(table)
+    mark = "[green]ok[/]" if figures["ok_speedup"] else "[red]FAIL[/]"
+    console.print(f"speedup {figures['speedup']:.1f}x (>= 3x: {mark})")
+    return 0
 
 
 if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--worker":

@@ -31,7 +31,9 @@ def _add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int
     group.add_argument("--top-p", type=float, default=1.0)
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--max-prompt-tokens", type=int, default=None, help="cut longer prompts from the left")
-    parser.add_argument("--template", default="paper", help="prompt template name (kdlm.data.templates)")
+    parser.add_argument(
+        "--template", default="paper", help="prompt template: paper | alpaca | an fschat template (kdlm.data.templates)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -46,6 +48,7 @@ def _generation_config(args: argparse.Namespace):
         top_p=args.top_p,
         seed=args.seed,
         max_prompt_tokens=args.max_prompt_tokens,
+        **{key: getattr(args, key) for key in ("overlong", "shard_size", "backend") if hasattr(args, key)},
     )
 
 
@@ -131,26 +134,51 @@ def _add_lab(sub) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     from kdlm.data.records import PrepareConfig, prepare
 
-    cfg = PrepareConfig(input=args.input, out=args.out, dataset=args.dataset, format=args.format, fields=args.fields)
+    cfg = PrepareConfig(
+        input=args.input,
+        out=args.out,
+        dataset=args.dataset,
+        format=args.format,
+        fields=args.fields,
+        on_bad_record=args.on_bad_record,
+        hf_split=args.hf_split,
+        hf_name=args.hf_name,
+    )
     n = prepare(cfg)
     print(f"{args.out}: {n} records")
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from kdlm.generation import generate_for_records
+    from kdlm.data.templates import check_template
+    from kdlm.generation import generate_for_records, parse_shard
     from kdlm.models import set_threads
 
+    check_template(args.template)
+    shard = parse_shard(args.shard) if args.shard else None
     set_threads(args.threads)
-    n = generate_for_records(args.model, args.records, args.out, _generation_config(args), args.name, args.template)
-    print(f"{args.out}: {n} responses")
+    n = generate_for_records(
+        args.model, args.records, args.out, _generation_config(args), args.name, args.template, shard, args.merge
+    )
+    if shard is not None:
+        print(f"{args.out}: shard {args.shard}: {n} responses in {args.out}.shards/")
+    else:
+        print(f"{args.out}: {n} responses")
+    if args.done is not None:
+        from kdlm.io import atomic_path
+
+        with atomic_path(args.done) as tmp:
+            tmp.write_text(json.dumps({"out": str(args.out), "shard": args.shard, "responses": n}) + "\n")
     return 0
 
 
 def _mix(args: argparse.Namespace) -> int:
-    from kdlm.data.mixing import mix
+    from kdlm.data.mixing import MixConfig, mix
+    from kdlm.data.templates import check_template
 
-    n = mix(args.records, args.out, args.source, template=args.template, generated_path=args.generated)
+    check_template(args.template)
+    cfg = MixConfig(source=args.source, ratio=args.ratio, seed=args.seed, template=args.template)
+    n = mix(args.records, args.out, cfg, generated_path=args.generated)
     print(f"{args.out}: {n} rows ({args.source})")
     return 0
 
@@ -233,10 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lab(sub)
 
     p = sub.add_parser("prepare", help="load a user data file into the records parquet")
-    p.add_argument("--input", type=Path, required=True)
-    p.add_argument("--format", default="alpaca", help="alpaca | jsonl | parquet | csv")
+    p.add_argument("--input", required=True, help="data file; for --format hf a hub id or a local directory")
+    p.add_argument("--format", default="alpaca", help="alpaca | jsonl | parquet | csv | hf")
     p.add_argument("--dataset", required=True, help="dataset name stored in each record")
-    p.add_argument("--fields", type=_json_dict, default={}, help='e.g. {"output": "response"}')
+    p.add_argument(
+        "--fields", type=_json_dict, default={}, help='e.g. {"output": "response"} or {"output": "instances.0.output"}'
+    )
+    p.add_argument("--on-bad-record", default="error", help="error | skip (counts go to <out>.skipped.json)")
+    p.add_argument("--hf-split", default=None, help="--format hf: the split to load (default: the only one)")
+    p.add_argument("--hf-name", default=None, help="--format hf: the data set's configuration name")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_prepare)
 
@@ -246,12 +279,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     _add_generation_options(p)
+    group = p.add_argument_group("shards, resume and backends")
+    group.add_argument("--shard", default=None, metavar="I/N", help="generate only shards k with k %% N == I; no merge")
+    group.add_argument("--merge", action="store_true", help="join the finished shards into --out (same options)")
+    group.add_argument("--shard-size", type=int, default=256, help="prompts per shard file (the unit of resume)")
+    group.add_argument("--overlong", default="truncate", help="prompts over the context: truncate | skip")
+    group.add_argument("--backend", default="hf", help="hf | vllm (vllm only where installed)")
+    group.add_argument("--done", type=Path, default=None, help="write a JSON summary here when finished (job marker)")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("mix", help="build the training parquet of one sample source")
     p.add_argument("--records", type=Path, required=True)
-    p.add_argument("--generated", type=Path, default=None, help="teacher responses (source teacher)")
-    p.add_argument("--source", required=True)
+    p.add_argument(
+        "--generated", type=Path, default=None, help="teacher responses (sources teacher, mix_token, mix_request_teacher)"
+    )
+    p.add_argument("--source", required=True, help="gt | teacher | student | mix_token | mix_request_teacher | mix_request_gt")
+    p.add_argument("--ratio", type=float, default=0.5, help="on-policy share of the mix_* sources")
+    p.add_argument("--seed", type=int, default=0, help="draws the online rows of mix_request_*")
     p.add_argument("--template", default="paper")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_mix)

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 import sys
 
 from snakemake.utils import validate
@@ -65,6 +66,22 @@ def _check_names():
 
 _check_names()
 
+
+def _check_data_config():
+    """Data-stage settings the schema cannot check: the prompt template exists (built in or fschat)."""
+    from kdlm.data.templates import check_template
+
+    try:
+        check_template(config["prompt_template"])
+    except ValueError as err:
+        raise ValueError(f"invalid configuration:\n  prompt_template: {err}") from None
+
+
+_check_data_config()
+MIX = {"ratio": 0.5, "seed": 0, "sources": [], **config.get("mix", {})}
+TEACHER_GENERATION = {"shards": 1, "shard_size": 256, "overlong": "truncate", "backend": "hf",
+                      **config["teacher_generation"]}  # fmt: skip
+
 LAB_MODELS = config["lab"].get("models", {}) if config["lab"]["enabled"] else {}
 TEMPLATE = config["prompt_template"]
 TRAIN_DATASET = config["train_split"]["dataset"]
@@ -81,7 +98,8 @@ wildcard_constraints:
     lab_model=_alternatives(LAB_MODELS) if LAB_MODELS else "$^",
     teacher=_alternatives(list(config["teachers"]) + ["none"]),
     student=_alternatives(config["students"]),
-    source=_alternatives(config["study"]["sources"]),
+    source=_alternatives(set(config["study"]["sources"]) | set(MIX["sources"])),
+    shard=r"\d+",
     method=_alternatives(config["methods"]),
     seed=r"\d+",
     task=_alternatives(config["evaluation"]["tasks"]),
@@ -125,8 +143,39 @@ def train_records():
     return records_path(TRAIN_DATASET, TRAIN_SPLIT)
 
 
+def dataset_split(dataset, split):
+    """`{path, split, name}` of one split: a config string is the path (a file, or for format `hf` a
+    hub id or directory whose HF split has the same name as ours)."""
+    spec = config["datasets"][dataset]["splits"][split]
+    spec = {"path": spec} if isinstance(spec, str) else dict(spec)
+    if config["datasets"][dataset]["format"] == "hf":
+        spec.setdefault("split", split)
+    return spec
+
+
 def get_dataset_file(wildcards):
-    return config["datasets"][wildcards.dataset]["splits"][wildcards.split]
+    """The data file as a Snakemake input; for `hf`, a local directory, or nothing for a hub id."""
+    spec = dataset_split(wildcards.dataset, wildcards.split)
+    if config["datasets"][wildcards.dataset]["format"] == "hf":
+        return [spec["path"]] if spec["path"].startswith("results/") or Path(spec["path"]).exists() else []
+    return [spec["path"]]
+
+
+def prepare_args(wildcards):
+    """`kdlm prepare` options of one split besides --input/--out."""
+    ds = config["datasets"][wildcards.dataset]
+    spec = dataset_split(wildcards.dataset, wildcards.split)
+    args = [
+        f"--input {shlex.quote(spec['path'])}",
+        f"--format {ds['format']}",
+        f"--fields {json_arg(ds.get('fields', {}))}",
+        f"--on-bad-record {ds.get('on_bad_record', 'error')}",
+    ]
+    if "split" in spec:
+        args.append(f"--hf-split {shlex.quote(spec['split'])}")
+    if "name" in spec:
+        args.append(f"--hf-name {shlex.quote(spec['name'])}")
+    return " ".join(args)
 
 
 def get_teacher_base(wildcards):
@@ -138,10 +187,30 @@ def get_teacher_model(wildcards):
 
 
 def get_mix_inputs(wildcards):
+    from kdlm.data.mixing import NEEDS_TEACHER
+
     inputs = {"records": records_path(wildcards.dataset, TRAIN_SPLIT)}
-    if wildcards.source == "teacher":
+    if wildcards.source in NEEDS_TEACHER:
+        if wildcards.teacher == "none":
+            raise ValueError(f"source {wildcards.source!r} needs a teacher's responses; got teacher 'none'")
         inputs["generated"] = f"results/generated/{wildcards.dataset}/{wildcards.teacher}.parquet"
     return inputs
+
+
+def mixed_files():
+    """Every mixed-data file of the study's teachers and sources plus `mix.sources`; `gt` needs no teacher."""
+    sources = list(dict.fromkeys(config["study"]["sources"] + MIX["sources"]))
+    files = {
+        f"results/mixed/{TRAIN_DATASET}/{'none' if source == 'gt' else teacher}/{source}.parquet"
+        for teacher in config["study"]["teachers"]
+        for source in sources
+    }
+    return sorted(files)
+
+
+def get_generate_shard_markers(wildcards):
+    n = TEACHER_GENERATION["shards"]
+    return [f"results/generated/{wildcards.dataset}/{wildcards.teacher}.shards/job{i}-of-{n}.json" for i in range(n)]
 
 
 def get_distill_inputs(wildcards):
@@ -174,6 +243,20 @@ def generation_args(settings):
     ]
     if settings.get("sample", False):
         args.append("--sample")
+    return " ".join(args)
+
+
+def teacher_generation_args():
+    """`kdlm generate` options from `teacher_generation`: decoding plus shards, overlong policy, backend."""
+    settings = TEACHER_GENERATION
+    args = [
+        generation_args(settings),
+        f"--shard-size {settings['shard_size']}",
+        f"--overlong {settings['overlong']}",
+        f"--backend {settings['backend']}",
+    ]
+    if settings.get("max_prompt_tokens"):
+        args.append(f"--max-prompt-tokens {settings['max_prompt_tokens']}")
     return " ".join(args)
 
 

@@ -7,10 +7,8 @@ rule prepare:
     output:
         "results/data/{dataset}/{split}.parquet",
     params:
-        format=lambda wildcards: config["datasets"][wildcards.dataset]["format"],
-        fields=lambda wildcards: json_arg(config["datasets"][wildcards.dataset].get("fields", {})),
+        options=prepare_args,
     log:
         "logs/prepare/{dataset}/{split}.log",
     shell:
-        "kdlm prepare --input {input} --format {params.format} --dataset {wildcards.dataset}"
-        " --fields {params.fields} --out {output} > {log} 2>&1"
+        "kdlm prepare {params.options} --dataset {wildcards.dataset} --out {output} > {log} 2>&1"

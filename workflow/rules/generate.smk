@@ -11,7 +11,7 @@ rule teacher_sft:
     params:
         base=lambda wildcards: config["teachers"][wildcards.teacher]["path"],
         training=lambda wildcards: json_arg({**config["teacher_training"], "threads": config["threads"]["train"]}),
-        template=TEMPLATE,
+        template=shlex.quote(TEMPLATE),
     threads: config["threads"]["train"]
     log:
         "logs/teacher_sft/{teacher}.log",
@@ -23,21 +23,67 @@ rule teacher_sft:
         " --checkpoint-dir results/checkpoints/teachers/{wildcards.teacher} > {log} 2>&1"
 
 
-rule generate:
-    input:
-        records=records_path("{dataset}", TRAIN_SPLIT),
-        model=get_teacher_model,
-    output:
-        "results/generated/{dataset}/{teacher}.parquet",
-    params:
-        model=lambda wildcards: teacher_dir(wildcards.teacher),
-        decoding=generation_args(config["teacher_generation"]),
-        template=TEMPLATE,
-    threads: config["threads"]["generate"]
-    log:
-        "logs/generate/{dataset}/{teacher}.log",
-    benchmark:
-        "benchmarks/generate/{dataset}/{teacher}.tsv"
-    shell:
-        "kdlm generate --model {params.model} --name {wildcards.teacher} --records {input.records}"
-        " --out {output} {params.decoding} --template {params.template} --threads {threads} > {log} 2>&1"
+# One job by default; with teacher_generation.shards = n > 1, n shard jobs and one merge. Either way
+# `kdlm generate` writes shards as it goes under <output>.shards/ and resumes a killed job.
+if TEACHER_GENERATION["shards"] == 1:
+
+    rule generate:
+        input:
+            records=records_path("{dataset}", TRAIN_SPLIT),
+            model=get_teacher_model,
+        output:
+            "results/generated/{dataset}/{teacher}.parquet",
+        params:
+            model=lambda wildcards: teacher_dir(wildcards.teacher),
+            decoding=teacher_generation_args(),
+            template=shlex.quote(TEMPLATE),
+        threads: config["threads"]["generate"]
+        log:
+            "logs/generate/{dataset}/{teacher}.log",
+        benchmark:
+            "benchmarks/generate/{dataset}/{teacher}.tsv"
+        shell:
+            "kdlm generate --model {params.model} --name {wildcards.teacher} --records {input.records}"
+            " --out {output} {params.decoding} --template {params.template} --threads {threads} > {log} 2>&1"
+
+else:
+
+    rule generate_shard:
+        input:
+            records=records_path("{dataset}", TRAIN_SPLIT),
+            model=get_teacher_model,
+        output:
+            temp("results/generated/{dataset}/{teacher}.shards/job{shard}-of-" + str(TEACHER_GENERATION["shards"]) + ".json"),
+        params:
+            model=lambda wildcards: teacher_dir(wildcards.teacher),
+            decoding=teacher_generation_args(),
+            template=shlex.quote(TEMPLATE),
+            n=TEACHER_GENERATION["shards"],
+        threads: config["threads"]["generate"]
+        log:
+            "logs/generate_shard/{dataset}/{teacher}/job{shard}.log",
+        benchmark:
+            "benchmarks/generate_shard/{dataset}/{teacher}/job{shard}.tsv"
+        shell:
+            "kdlm generate --model {params.model} --name {wildcards.teacher} --records {input.records}"
+            " --out results/generated/{wildcards.dataset}/{wildcards.teacher}.parquet --shard {wildcards.shard}/{params.n}"
+            " --done {output} {params.decoding} --template {params.template} --threads {threads} > {log} 2>&1"
+
+    rule generate_merge:
+        input:
+            records=records_path("{dataset}", TRAIN_SPLIT),
+            model=get_teacher_model,
+            shards=get_generate_shard_markers,
+        output:
+            "results/generated/{dataset}/{teacher}.parquet",
+        params:
+            model=lambda wildcards: teacher_dir(wildcards.teacher),
+            decoding=teacher_generation_args(),
+            template=shlex.quote(TEMPLATE),
+        log:
+            "logs/generate_merge/{dataset}/{teacher}.log",
+        benchmark:
+            "benchmarks/generate_merge/{dataset}/{teacher}.tsv"
+        shell:
+            "kdlm generate --merge --model {params.model} --name {wildcards.teacher} --records {input.records}"
+            " --out {output} {params.decoding} --template {params.template} > {log} 2>&1"

@@ -8,9 +8,16 @@ rule mix:
         "results/mixed/{dataset}/{teacher}/{source}.parquet",
     params:
         generated=lambda wildcards, input: f"--generated {input.generated}" if "generated" in input.keys() else "",
-        template=TEMPLATE,
+        template=shlex.quote(TEMPLATE),
+        ratio=MIX["ratio"],
+        seed=MIX["seed"],
     log:
         "logs/mix/{dataset}/{teacher}/{source}.log",
     shell:
         "kdlm mix --records {input.records} {params.generated} --source {wildcards.source}"
-        " --template {params.template} --out {output} > {log} 2>&1"
+        " --ratio {params.ratio} --seed {params.seed} --template {params.template} --out {output} > {log} 2>&1"
+
+
+rule mixes:
+    input:
+        mixed_files(),
