@@ -17,7 +17,7 @@ rule distill:
             {**config["training"], "seed": int(wildcards.seed), "threads": config["threads"]["train"]}
         ),
         info=lambda wildcards: json_arg({"method_name": wildcards.method, "source": wildcards.source}),
-        template=TEMPLATE,
+        template=shlex.quote(TEMPLATE),
     threads: config["threads"]["train"]
     log:
         "logs/distill/{student}__{teacher}/{source}/{method}/seed{seed}.log",
