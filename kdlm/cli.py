@@ -235,10 +235,50 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from kdlm.report import write_report
+    from kdlm.report import ReportConfig, write_report
 
-    md = write_report(args.evals, args.out_dir)
+    cfg = ReportConfig(
+        baseline_method=args.baseline_method or None,
+        n_resamples=args.n_resamples,
+        plots_dir=args.plots_dir,
+        train_logs=args.train_logs,
+        judge_files=args.judge,
+        harness_files=args.harness,
+    )
+    md = write_report(args.evals, args.out_dir, cfg)
     print(md.read_text())
+    return 0
+
+
+def _judge(args: argparse.Namespace) -> int:
+    from kdlm.evaluation.judge import JudgeConfig, judge_evaluation
+
+    cfg = JudgeConfig(
+        base_url=args.base_url,
+        model=args.model,
+        api_key_env=args.api_key_env or None,
+        concurrency=args.concurrency,
+        max_retries=args.max_retries,
+        timeout=args.timeout,
+        backoff=args.backoff,
+        both_orders=not args.one_order,
+    )
+    s = judge_evaluation(args.eval, args.out, cfg, args.records, args.cache)
+    print(
+        f"{args.out}: judge score {s['score']:.3f} (Σ student / Σ reference) over {s['valid']} of {s['examples']}"
+        f" examples; {s['unparsable_replies']} unparsable repl(ies); {s['requests']} request(s), {s['retries']} retries"
+    )
+    return 0
+
+
+def _harness(args: argparse.Namespace) -> int:
+    from kdlm.evaluation.lmeval import HarnessConfig, evaluate_harness, primary_scores
+
+    cfg = HarnessConfig(tasks=args.tasks, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                        limit=args.limit, device=args.device, on_error=args.on_error)  # fmt: skip
+    table = evaluate_harness(args.model, args.out, cfg, args.label)
+    scores = primary_scores(table, args.tasks)
+    print(f"{args.out}: " + ", ".join(f"{task}={value:.3f}" for task, (value, _) in scores.items()))
     return 0
 
 
@@ -325,7 +365,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write summary tables from evaluation files")
     p.add_argument("--evals", type=Path, nargs="+", required=True)
     p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument(
+        "--baseline-method", default="fkl", help="method Δ is taken against (forward KL); '' for no Δ"
+    )
+    p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples of every interval")
+    p.add_argument("--plots-dir", type=Path, default=None, help="write PNG figures here")
+    p.add_argument(
+        "--train-logs", type=Path, nargs="*", default=[], help="results/runs/<run>/train_log.parquet files to plot"
+    )
+    p.add_argument("--judge", type=Path, nargs="*", default=[], help="kdlm judge files: adds the metric `judge`")
+    p.add_argument("--harness", type=Path, nargs="*", default=[], help="kdlm harness files: adds the metric `harness`")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("judge", help="score a task's answers against its references with an LLM judge")
+    p.add_argument("--eval", type=Path, required=True, help="evaluation parquet (kdlm evaluate)")
+    p.add_argument("--records", type=Path, default=None, help="the task's records: the question without the template")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cache", type=Path, default=None, help="reply cache (default: <out>.cache.parquet)")
+    p.add_argument("--base-url", required=True, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", required=True, help="judge model name on that server")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the variable holding the key; '' for none")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--max-retries", type=int, default=5)
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each retry")
+    p.add_argument("--one-order", action="store_true", help="ask only with the student as Assistant 1 (as the paper)")
+    p.set_defaults(func=_judge)
+
+    p = sub.add_parser("harness", help="MMLU / BBH / DROP through lm-eval (optional extra [lmeval])")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tasks", nargs="+", default=["mmlu", "bbh", "drop"], help="lm-eval task names")
+    p.add_argument("--num-fewshot", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, default=None, help="examples per task (quick look)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--on-error", default="raise", help="raise | missing (lm-eval or its data unavailable)")
+    p.add_argument("--label", type=_json_dict, default={}, help="description stored with the results")
+    p.set_defaults(func=_harness)
 
     p = sub.add_parser("results", help="print the summary table in the terminal")
     p.add_argument("--table", type=Path, default=Path("results/tables/summary.parquet"))
@@ -354,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"kdlm {args.verb}: error: {err}", file=sys.stderr)
         return 2
 

@@ -402,11 +402,6 @@ def _dot_(a: Tensor, b: Tensor) -> Tensor:
     return a.mul_(b).sum(-1)
 
 
-def _row_vecdot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise dot product through a batched matmul: (n, V), (n, V) -> (n,), no (n, V) temporary."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)  # (n, 1, V) @ (n, V, 1) -> (n,)
-
-
 def _col(x: Tensor) -> Tensor:
     return x.unsqueeze(1)  # (n,) -> (n, 1)
 
@@ -671,12 +666,12 @@ def _make_akl(mu: float) -> Kernel:
         wh = torch.where(total > 0, head / total.clamp(min=tiny), 0.5)  # (n,)
         wt = torch.where(total > 0, (total - head) / total.clamp(min=tiny), 0.5)  # (n,)
         d = ls.sub_(lt)  # (n, V) log p_s - log p_t
-        fkl = -_row_vecdot(pt, d)  # (n,)
-        rkl = _row_vecdot(ps, d)  # (n,)
+        fkl = -torch.mul(pt, d, out=diff).sum(-1)  # (n,)
+        rkl = torch.mul(ps, d, out=diff).sum(-1)  # (n,)
         if w is not None:
             cf, cr = w["akl"] * wh, w["akl"] * wt  # (n,)
             # cf (p_s - p_t) + cr p_s (d - rkl) = p_s (cr d + cf - cr rkl) - cf p_t
-            torch.addcmul(_col(cf - cr * rkl).expand_as(d), d, _col(cr), out=d)  # (n, V), one pass
+            d.mul_(_col(cr)).add_(_col(cf - cr * rkl))  # (n, V)
             torch.mul(d, ps, out=out).addcmul_(pt, _col(cf), value=-1.0)  # (n, V)
         return {"akl": wh * fkl + wt * rkl, "head_weight": wh}
 

@@ -1,39 +1,104 @@
 """Summary tables of a study: one long table for pandas, one wide markdown table per metric for papers.
 
-Every evaluation parquet carries its own description (kind, student, teacher, source, method, seed,
-task) in its metadata, so the report needs only the list of files.
+Users open the results table first and decide from it, so every number carries its uncertainty: task
+means come with a 95% bootstrap interval, and each run is compared with the forward-KL run of the same
+student, teacher, source and seed by a paired bootstrap over the examples both answered (a marker shows
+where that interval excludes 0). Every evaluation parquet carries its own description (kind, student,
+teacher, source, method, seed, task) in its metadata, so the report needs only the list of files.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdlm.evaluation.metrics import bootstrap_ci
+from kdlm.evaluation.metrics import bootstrap_ci, paired_bootstrap, paired_differences
 
 METRICS = {"rouge_l": "rouge_l", "exact_match": "exact_match", "response_tokens": "n_response_tokens"}
 KIND_ORDER = {"teacher": 0, "base": 1, "run": 2}
 LABEL_FIELDS = ("kind", "model", "student", "teacher", "source", "method", "seed", "task")
+PAIR_FIELDS = ("student", "teacher", "source", "seed")  # a run and its baseline share these
+SIGNIFICANT = "*"
+DELTA_COLUMNS = [*(f for f in LABEL_FIELDS if f != "task"), "baseline", "task", "metric", "delta", "ci_low", "ci_high",
+                 "n", "significant"]  # fmt: skip
 
 
-def summarize(eval_paths: list[Path], n_resamples: int = 1000):
-    """Long-form summary: one row per model × task × metric with mean, 95% bootstrap CI and n."""
-    import pandas as pd
+@dataclass
+class ReportConfig:
+    """What `kdlm report` writes besides the long summary."""
 
+    baseline_method: str | None = "fkl"  # method name Δ is taken against (forward KL); None: no Δ
+    n_resamples: int = 1000  # bootstrap resamples for every interval
+    plots_dir: Path | None = None  # where the PNGs go; None: no plots
+    train_logs: list[Path] = field(default_factory=list)  # results/runs/<run>/train_log.parquet files
+    judge_files: list[Path] = field(default_factory=list)  # results/judge/<model>/<task>.parquet files
+    harness_files: list[Path] = field(default_factory=list)  # results/harness/<model>.parquet files
+
+    def __post_init__(self) -> None:
+        if self.n_resamples < 1:
+            raise ValueError(f"n_resamples must be >= 1, got {self.n_resamples}")
+
+
+@dataclass
+class Evaluation:
+    """One evaluation file: its description and its per-example table."""
+
+    meta: dict
+    table: object  # pandas.DataFrame with the EVAL columns
+
+
+def load_evaluations(eval_paths: list[Path]) -> list[Evaluation]:
+    """Read every evaluation file with its description.
+
+    Raises:
+        ValueError: for a file whose metadata lacks a description field, or an empty list.
+    """
     from kdlm.schemas import EVAL, read_metadata, read_table
 
-    rows = []
+    if not eval_paths:
+        raise ValueError("no evaluation files to summarize")
+    loaded = []
     for path in eval_paths:
         meta = read_metadata(path)
         missing = [f for f in LABEL_FIELDS if f not in meta]
         if missing:
             raise ValueError(f"{path}: evaluation file lacks description field(s) {missing}")
-        df = read_table(path, EVAL)
+        meta = {f: meta[f] for f in LABEL_FIELDS}
+        meta["seed"] = int(meta["seed"])
+        loaded.append(Evaluation(meta, read_table(path, EVAL)))
+    return loaded
+
+
+def _sort(df, extra: list[str]):
+    df = df.assign(_order=df["kind"].map(KIND_ORDER))
+    df = df.sort_values(["_order", "student", "teacher", "source", "method", "seed", *extra], kind="stable")
+    return df.drop(columns="_order").reset_index(drop=True)
+
+
+def summarize(
+    evaluations: list[Evaluation] | list[Path],
+    n_resamples: int = 1000,
+    judge_paths: list[Path] = (),
+    harness_paths: list[Path] = (),
+):
+    """Long-form summary: one row per model × task × metric with mean, 95% bootstrap CI and n; the
+    `judge` metric (from `kdlm judge` files) is the paper's Σ student / Σ reference; the `harness`
+    metric (from `kdlm harness` files) each lm-eval task's headline score ± 1.96 stderr, NaN where the
+    harness could not run (shown as "–")."""
+    import pandas as pd
+
+    if evaluations and not isinstance(evaluations[0], Evaluation):
+        evaluations = load_evaluations(evaluations)
+    if not evaluations:
+        raise ValueError("no evaluation files to summarize")
+    rows = []
+    for ev in evaluations:
         for metric, column in METRICS.items():
-            values = df[column].astype(float).tolist()
+            values = ev.table[column].astype(float).tolist()
             low, high = bootstrap_ci(values, n_resamples=n_resamples)
             rows.append(
                 {
-                    **{f: meta[f] for f in LABEL_FIELDS},
+                    **ev.meta,
                     "metric": metric,
                     "value": float(sum(values) / len(values)) if values else float("nan"),
                     "ci_low": low,
@@ -41,53 +106,213 @@ def summarize(eval_paths: list[Path], n_resamples: int = 1000):
                     "n": len(values),
                 }
             )
+    rows += [_judge_row(path, n_resamples) for path in judge_paths]
+    rows += [row for path in harness_paths for row in _harness_rows(path)]
     summary = pd.DataFrame(rows)
-    if summary.empty:
-        raise ValueError("no evaluation files to summarize")
     summary["seed"] = summary["seed"].astype("int64")
-    summary["_order"] = summary["kind"].map(KIND_ORDER)
-    summary = summary.sort_values(["_order", "student", "teacher", "source", "method", "seed", "task", "metric"])
-    return summary.drop(columns="_order").reset_index(drop=True)
+    return _sort(summary, ["task", "metric"])
 
 
-def markdown_tables(summary) -> str:
-    """One wide table per metric: rows = models, columns = tasks + average, cells = mean [CI]."""
+def _harness_rows(path: Path) -> list[dict]:
+    import pandas as pd
+
+    from kdlm.evaluation.lmeval import primary_scores
+    from kdlm.schemas import read_metadata
+
+    meta = read_metadata(path)
+    missing = [f for f in LABEL_FIELDS if f != "task" and f not in meta]
+    if missing:
+        raise ValueError(f"{path}: harness file lacks description field(s) {missing}")
+    table = pd.read_parquet(path)
+    rows = []
+    for task, (value, stderr) in primary_scores(table).items():
+        half = 1.96 * stderr
+        rows.append({**{f: meta[f] for f in LABEL_FIELDS if f != "task"}, "task": task, "metric": "harness",
+                     "value": value, "ci_low": value - half, "ci_high": value + half, "n": 0})  # fmt: skip
+    return rows
+
+
+def _judge_row(path: Path, n_resamples: int) -> dict:
+    """Metric `judge` of one `kdlm judge` file: Σ student / Σ reference over the examples whose replies
+    parsed, with a bootstrap interval of that ratio; n = those examples."""
+    import numpy as np
+    import pandas as pd
+
+    from kdlm.schemas import read_metadata
+
+    meta = read_metadata(path)
+    missing = [f for f in LABEL_FIELDS if f not in meta]
+    if missing:
+        raise ValueError(f"{path}: judge file lacks description field(s) {missing}")
+    df = pd.read_parquet(path)
+    valid = df[df["valid"]]
+    student, reference = valid["student_score"].to_numpy(float), valid["reference_score"].to_numpy(float)
+    value, low, high = float("nan"), float("nan"), float("nan")
+    if len(valid) and reference.sum() > 0:
+        value = float(student.sum() / reference.sum())
+        idx = np.random.default_rng(0).integers(0, len(valid), size=(n_resamples, len(valid)))  # (R, n)
+        ratios = student[idx].sum(axis=1) / np.maximum(reference[idx].sum(axis=1), 1e-12)
+        low, high = float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
+    return {**{f: meta[f] for f in LABEL_FIELDS}, "metric": "judge", "value": value, "ci_low": low, "ci_high": high,
+            "n": len(valid)}  # fmt: skip
+
+
+def paired_deltas(evaluations: list[Evaluation], baseline_method: str, n_resamples: int = 1000):
+    """Δ of every run against the `baseline_method` run with the same student, teacher, source and seed.
+
+    One row per run × task × metric, plus task `average` (the mean of the task Δs, its interval by a
+    bootstrap stratified by task). Tasks the baseline lacks are left out of both.
+
+    Returns:
+        DataFrame: run fields, `baseline` (its model id), task, metric, delta, ci_low, ci_high, n,
+        significant (the paired interval excludes 0). Empty when no run has a baseline.
+    """
+    import pandas as pd
+
+    runs = [ev for ev in evaluations if ev.meta["kind"] == "run"]
+    index = {
+        (*(ev.meta[f] for f in PAIR_FIELDS), ev.meta["task"]): ev for ev in runs if ev.meta["method"] == baseline_method
+    }
+    by_model: dict[str, list[Evaluation]] = {}
+    for ev in runs:
+        if ev.meta["method"] != baseline_method:
+            by_model.setdefault(ev.meta["model"], []).append(ev)
+    rows = []
+    run_fields = [f for f in LABEL_FIELDS if f != "task"]
+    for group in by_model.values():
+        pairs = []
+        for ev in sorted(group, key=lambda e: e.meta["task"]):
+            base = index.get((*(ev.meta[f] for f in PAIR_FIELDS), ev.meta["task"])) or _teacherless_baseline(ev, index)
+            if base is not None:
+                pairs.append((ev, base))
+        if not pairs:
+            continue
+        for metric, column in METRICS.items():
+            per_task = []
+            for ev, base in pairs:
+                diffs = paired_differences(
+                    dict(zip(ev.table["id"], ev.table[column].astype(float), strict=True)),
+                    dict(zip(base.table["id"], base.table[column].astype(float), strict=True)),
+                )
+                per_task.append((ev.meta["task"], diffs))
+            tasks = per_task + ([("average", None)] if len(per_task) > 1 else [])
+            for task, diffs in tasks:
+                groups = [d for _, d in per_task] if diffs is None else [diffs]
+                result = paired_bootstrap(groups, n_resamples=n_resamples)
+                rows.append(
+                    {
+                        **{f: pairs[0][0].meta[f] for f in run_fields},
+                        "baseline": pairs[0][1].meta["model"],
+                        "task": task,
+                        "metric": metric,
+                        "delta": result.delta,
+                        "ci_low": result.ci_low,
+                        "ci_high": result.ci_high,
+                        "n": result.n,
+                        "significant": result.significant,
+                    }
+                )
+    deltas = pd.DataFrame(rows, columns=DELTA_COLUMNS)
+    if deltas.empty:
+        return deltas
+    return _sort(deltas, ["metric"]).astype({"seed": "int64", "n": "int64"})
+
+
+def _teacherless_baseline(ev: Evaluation, index: dict) -> Evaluation | None:
+    """A run without a teacher (`sft` on `gt`, teacher `none`) is compared with the baseline run of
+    the same student, source and seed when exactly one teacher has one."""
+    if ev.meta["teacher"] != "none":
+        return None
+    m = ev.meta
+    found = [b for key, b in index.items() if key[0] == m["student"] and key[2:] == (m["source"], m["seed"], m["task"])]
+    return found[0] if len(found) == 1 else None
+
+
+def _fmt(metric: str, value: float, signed: bool = False) -> str:
+    if value != value:  # NaN
+        return "–"
+    digits = 1 if metric == "response_tokens" else 3
+    return format(round(value, digits) + 0.0, ("+" if signed else "") + f".{digits}f")  # + 0.0: no "-0.000"
+
+
+def markdown_tables(summary, deltas=None, baseline_method: str | None = None) -> str:
+    """One wide table per metric, as in the paper: rows = models grouped by source, columns = tasks +
+    average; a run's cell adds its Δ vs the `baseline_method` run, marked where the paired CI excludes 0."""
     lines = ["# kdlm summary", ""]
+    has_deltas = deltas is not None and not deltas.empty
+    if has_deltas:
+        lines += [
+            f"Cells: task mean (Δ vs the `{baseline_method}` run of the same student, teacher, source and seed; "
+            f"`{SIGNIFICANT}` where the 95% paired bootstrap interval excludes 0). "
+            "Intervals of every mean: summary.csv / `kdlm results`.",
+            "",
+        ]
     for metric in summary["metric"].unique():
         part = summary[summary["metric"] == metric]
         tasks = sorted(part["task"].unique())
-        lines += [f"## {metric}", "", "| model | kind | source | method | " + " | ".join(tasks) + " | average |"]
-        lines.append("|" + "---|" * (5 + len(tasks)))
-        for model, group in part.groupby("model", sort=False):
+        lines += [f"## {metric}", "", "| model | " + " | ".join(tasks) + " | average |", "|" + "---|" * (2 + len(tasks))]
+        current_group = None
+        groups = list(part.groupby("model", sort=False))
+        sources = list(dict.fromkeys(g.iloc[0].source for _, g in groups if g.iloc[0].kind == "run"))
+        groups.sort(key=lambda item: -1 if item[1].iloc[0].kind != "run" else sources.index(item[1].iloc[0].source))
+        for model, group in groups:
             first = group.iloc[0]
+            heading = "reference models" if first.kind != "run" else f"source: {first.source}"
+            if heading != current_group:
+                lines.append(f"| **{heading}** |" + " |" * (1 + len(tasks)))
+                current_group = heading
+            delta_of = {}
+            if has_deltas:
+                mine = deltas[(deltas["model"] == model) & (deltas["metric"] == metric)]
+                delta_of = {r.task: r for r in mine.itertuples()}
             cells = []
             for task in tasks:
                 row = group[group["task"] == task]
-                if row.empty:
-                    cells.append("–")
-                else:
-                    r = row.iloc[0]
-                    cells.append(f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]")
-            average = group["value"].mean()
-            lines.append(
-                f"| {model} | {first.kind} | {first.source or '–'} | {first.method or '–'} | "
-                + " | ".join(cells)
-                + f" | {average:.3f} |"
-            )
+                cells.append("–" if row.empty else _fmt(metric, row.iloc[0].value) + _delta_cell(metric, delta_of.get(task)))
+            average = _fmt(metric, group["value"].mean())
+            if len(tasks) == 1:
+                average += _delta_cell(metric, delta_of.get(tasks[0]))
+            else:
+                average += _delta_cell(metric, delta_of.get("average"))
+            lines.append(f"| {model} | " + " | ".join(cells) + f" | {average} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def write_report(eval_paths: list[Path], out_dir: Path) -> Path:
-    """Write summary.{parquet,csv,md} into `out_dir`; returns the markdown path."""
+def _delta_cell(metric: str, row) -> str:
+    if row is None:
+        return ""
+    return f" ({_fmt(metric, row.delta, signed=True)}{SIGNIFICANT if row.significant else ''})"
+
+
+def write_report(eval_paths: list[Path], out_dir: Path, cfg: ReportConfig | None = None) -> Path:
+    """Write summary.{parquet,csv,md} (and deltas.{parquet,csv}, plots) ; returns the markdown path."""
+    import pandas as pd
+
     from kdlm.io import atomic_path
     from kdlm.schemas import SUMMARY, write_table
 
-    summary = summarize(eval_paths)
+    cfg = cfg or ReportConfig()
+    evaluations = load_evaluations(eval_paths)
+    summary = summarize(evaluations, n_resamples=cfg.n_resamples, judge_paths=cfg.judge_files,
+                        harness_paths=cfg.harness_files)  # fmt: skip
+    deltas = None
+    if cfg.baseline_method:
+        deltas = paired_deltas(evaluations, cfg.baseline_method, n_resamples=cfg.n_resamples)
     write_table(summary, out_dir / "summary.parquet", SUMMARY)
     with atomic_path(out_dir / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
+    frame = deltas if deltas is not None else pd.DataFrame(columns=DELTA_COLUMNS)
+    with atomic_path(out_dir / "deltas.parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+    with atomic_path(out_dir / "deltas.csv") as tmp:
+        frame.to_csv(tmp, index=False)
     md = out_dir / "summary.md"
     with atomic_path(md) as tmp:
-        tmp.write_text(markdown_tables(summary))
+        tmp.write_text(markdown_tables(summary, deltas, cfg.baseline_method))
+    if cfg.plots_dir is not None:
+        from kdlm.plots import write_plots
+
+        for note in write_plots(summary, cfg.train_logs, cfg.plots_dir):
+            print(note)
     return md

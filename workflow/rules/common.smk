@@ -296,5 +296,66 @@ def get_eval_records(wildcards):
     return records_path(ref["dataset"], ref["split"])
 
 
+JUDGE = {"enabled": False, "api_key_env": "OPENAI_API_KEY", "concurrency": 4, "max_retries": 5, "timeout": 120,
+         "backoff": 1.0, "both_orders": True, **config["evaluation"].get("judge", {})}  # fmt: skip
+# the summary's metrics, each plotted as results/plots/scores_<metric>.png (kdlm.plots)
+REPORT_METRICS = ["rouge_l", "exact_match", "response_tokens"] + (["judge"] if JUDGE["enabled"] else [])
+
+
+LM_EVAL = {"enabled": False, "tasks": ["mmlu", "bbh", "drop"], "batch_size": 8, "device": "cpu",
+           **config["evaluation"].get("lm_eval", {})}  # fmt: skip
+if LM_EVAL["enabled"]:
+    REPORT_METRICS.append("harness")
+
+
+def harness_files():
+    """Every `kdlm harness` output when `evaluation.lm_eval.enabled`, else none."""
+    return [f"results/harness/{m}.parquet" for m in eval_models()] if LM_EVAL["enabled"] else []
+
+
+def harness_args():
+    """`kdlm harness` options from `evaluation.lm_eval`; unavailable data mark cells missing, not fail."""
+    args = [f"--tasks {' '.join(shlex.quote(t) for t in LM_EVAL['tasks'])}", f"--batch-size {LM_EVAL['batch_size']}",
+            f"--device {shlex.quote(LM_EVAL['device'])}", "--on-error missing"]  # fmt: skip
+    for key in ("num_fewshot", "limit"):
+        if LM_EVAL.get(key) is not None:
+            args.append(f"--{key.replace('_', '-')} {LM_EVAL[key]}")
+    return " ".join(args)
+
+
+def judge_files():
+    """Every `kdlm judge` output when `evaluation.judge.enabled`, else none."""
+    if not JUDGE["enabled"]:
+        return []
+    return [f"results/judge/{m}/{task}.parquet" for m in eval_models() for task in config["evaluation"]["tasks"]]
+
+
+def judge_args():
+    """`kdlm judge` options from `evaluation.judge` (the key's variable name only, never the key)."""
+    args = [
+        f"--base-url {shlex.quote(JUDGE['base_url'])}",
+        f"--model {shlex.quote(JUDGE['model'])}",
+        f"--api-key-env {shlex.quote(JUDGE['api_key_env'])}",
+        f"--concurrency {JUDGE['concurrency']}",
+        f"--max-retries {JUDGE['max_retries']}",
+        f"--timeout {JUDGE['timeout']}",
+        f"--backoff {JUDGE['backoff']}",
+    ]
+    if not JUDGE["both_orders"]:
+        args.append("--one-order")
+    return " ".join(args)
+
+
+def train_logs():
+    """Every run's training log, for the report's loss and ATKD plots."""
+    return [f"results/runs/{run}/train_log.parquet" for run in runs()]
+
+
+def report_baseline_method():
+    """The method Δ is taken against: the first study method whose loss is forward KL ('' if none)."""
+    forward = [m for m in config["study"]["methods"] if config["methods"][m]["loss"] == "forward"]
+    return forward[0] if forward else ""
+
+
 def get_final_output():
     return ["results/tables/summary.parquet", "results/tables/summary.csv", "results/tables/summary.md"]

@@ -20,3 +20,44 @@ rule evaluate:
     shell:
         "kdlm evaluate --model {params.model} --records {input.records} --out {output}"
         " --label {params.label} {params.decoding} --template {params.template} --threads {threads} > {log} 2>&1"
+
+
+# Optional (evaluation.judge.enabled): an LLM judge scores each answer against the task's reference.
+if JUDGE["enabled"]:
+
+    rule judge:
+        input:
+            evaluation="results/eval/{model}/{task}.parquet",
+            records=get_eval_records,
+        output:
+            "results/judge/{model}/{task}.parquet",
+        params:
+            args=judge_args(),
+        log:
+            "logs/judge/{model}/{task}.log",
+        benchmark:
+            "benchmarks/judge/{model}/{task}.tsv"
+        shell:
+            "kdlm judge --eval {input.evaluation} --records {input.records} --out {output}"
+            " {params.args} > {log} 2>&1"
+
+
+# Optional (evaluation.lm_eval.enabled): MMLU / BBH / DROP through lm-eval; missing cells, not failures,
+# where lm-eval or its data sets are unavailable.
+if LM_EVAL["enabled"]:
+
+    rule harness:
+        input:
+            model=get_eval_model,
+        output:
+            "results/harness/{model}.parquet",
+        params:
+            model=lambda wildcards: parse_eval_model(wildcards.model)[0],
+            label=lambda wildcards: json_arg(parse_eval_model(wildcards.model)[1]),
+            args=harness_args(),
+        log:
+            "logs/harness/{model}.log",
+        benchmark:
+            "benchmarks/harness/{model}.tsv"
+        shell:
+            "kdlm harness --model {params.model} --out {output} --label {params.label} {params.args} > {log} 2>&1"

@@ -1,17 +1,33 @@
-# Summary tables from every evaluation file; named targets for each stage.
+# Summary tables and plots from every evaluation file and training log; named targets for each stage.
 
 
 rule report:
     input:
-        eval_files(),
+        evals=eval_files(),
+        train_logs=train_logs(),
+        judge=judge_files(),
+        harness=harness_files(),
     output:
         parquet="results/tables/summary.parquet",
-        csv="results/tables/summary.csv",
-        md="results/tables/summary.md",
+        csv=report("results/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
+        md=report("results/tables/summary.md", caption="../report/summary_md.rst", category="Tables"),
+        deltas=report("results/tables/deltas.csv", caption="../report/deltas.rst", category="Tables"),
+        deltas_parquet="results/tables/deltas.parquet",
+        scores=[
+            report(f"results/plots/scores_{metric}.png", caption="../report/scores.rst", category="Scores",
+                   labels={"metric": metric})
+            for metric in REPORT_METRICS
+        ],  # fmt: skip
+        train_loss=report("results/plots/train_loss.png", caption="../report/train_loss.rst", category="Training"),
+        atkd=report("results/plots/atkd.png", caption="../report/atkd.rst", category="Training"),
+    params:
+        baseline=report_baseline_method(),
     log:
         "logs/report/summary.log",
     shell:
-        "kdlm report --evals {input} --out-dir results/tables > {log} 2>&1"
+        "kdlm report --evals {input.evals} --train-logs {input.train_logs} --baseline-method '{params.baseline}'"
+        " --judge {input.judge} --harness {input.harness}"
+        " --out-dir results/tables --plots-dir results/plots > {log} 2>&1"
 
 
 rule teacher_data:
