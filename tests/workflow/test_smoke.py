@@ -50,6 +50,10 @@ def test_summary_has_every_model_with_sane_values(smoke_dir):
         assert model in markdown
     csv = pd.read_csv(smoke_dir / "results" / "tables" / "summary.csv")
     assert len(csv) == len(summary)
+    deltas = pd.read_csv(smoke_dir / "results" / "tables" / "deltas.csv")
+    assert not deltas.empty
+    plots = {p.name for p in (smoke_dir / "results" / "plots").glob("*.png")}
+    assert {"train_loss.png", "scores_exact_match.png", "scores_rouge_l.png"} <= plots
 
 
 def test_each_stage_wrote_its_contract(smoke_dir):
