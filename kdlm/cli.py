@@ -190,7 +190,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--training", type=_json_dict, default={}, help="JSON object of TrainConfig fields")
     parser.add_argument("--template", default="paper", help="prompt template (for records input)")
     parser.add_argument("--out", type=Path, required=True, help="output model directory")
-    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="where resumable checkpoints go")
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="where resumable checkpoints go (default <out>.checkpoints); the same command resumes from the newest",
+    )
     parser.add_argument("--info", type=_json_dict, default={}, help="JSON object added to run.json")
 
 
@@ -349,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distill a teacher into a student with one method")
     p.add_argument("--student", required=True)
     p.add_argument("--teacher", default=None, help="teacher model (not needed for loss sft)")
-    p.add_argument("--data", type=Path, required=True, help="mixed-data parquet of one source")
+    p.add_argument(
+        "--data", type=Path, required=True, help="mixed-data parquet of one source (online rows are generated each step)"
+    )
     p.add_argument("--method", type=_json_dict, required=True, help='e.g. {"loss": "atkd", "lam": 0.2}')
     _add_training_options(p)
     p.set_defaults(func=_distill)

@@ -2,9 +2,39 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+
+
+def _reject_unknown(cls, values: dict, what: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {unknown}; allowed: {sorted(known)}")
+
+
+@dataclass
+class OnPolicyConfig:
+    """How the trainer decodes the on-policy rows (sources student, mix_token, mix_request_*)."""
+
+    max_new_tokens: int | None = None  # None: half of the training max_length
+    sample: bool = False  # greedy by default
+    temperature: float = 1.0  # used when sampling
+    top_p: float = 1.0  # used when sampling
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"onpolicy max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.sample and self.temperature <= 0:
+            raise ValueError(f"onpolicy temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"onpolicy top_p must be in (0, 1], got {self.top_p}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> OnPolicyConfig:
+        _reject_unknown(cls, values, "onpolicy")
+        return cls(**values)
 
 
 @dataclass
@@ -24,12 +54,16 @@ class TrainConfig:
     bf16: bool = False  # the paper trains in bf16; off by default because CPUs gain nothing from it
     seed: int = 0
     logging_steps: int = 10
+    save_steps: int = 500  # optimizer steps between resumable checkpoints (in the checkpoint directory)
     threads: int | None = None  # torch CPU threads; None leaves torch's default
+    onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.onpolicy, dict):
+            self.onpolicy = OnPolicyConfig.from_dict(self.onpolicy)
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; allowed: {list(SCHEDULERS)}")
-        for name in ("batch_size", "grad_accum", "max_length", "logging_steps"):
+        for name in ("batch_size", "grad_accum", "max_length", "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training {name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -38,14 +72,13 @@ class TrainConfig:
             raise ValueError(f"training warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ValueError("training needs epochs > 0 or max_steps > 0")
+        if self.onpolicy.max_new_tokens is None:
+            self.onpolicy = replace(self.onpolicy, max_new_tokens=max(self.max_length // 2, 1))
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """Build from a config mapping; unknown keys raise instead of being ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; allowed: {sorted(known)}")
+        _reject_unknown(cls, values, "training")
         return cls(**values)
 
 

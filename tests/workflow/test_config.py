@@ -60,7 +60,7 @@ def _dry_run(tmp_path, overrides: str) -> subprocess.CompletedProcess:
     [
         ("study:\n  methods: [fkl, atkd_typo]\n", "study.methods: unknown name 'atkd_typo'; allowed (defined under 'methods'): ['fkl', 'sft']"),
         ("methods:\n  bad: {loss: kl}\n", "methods.bad.loss: 'kl' is not one of ['forward', 'reverse'"),
-        ("study:\n  sources: [gt, nope]\n", "study.sources.1: 'nope' is not one of ['gt', 'teacher']"),
+        ("study:\n  sources: [gt, nope]\n", "study.sources.1: 'nope' is not one of ['gt', 'teacher', 'student'"),
         ("training:\n  lr: fast\n", "training.lr: 'fast' is not of type 'number'"),
         ("training:\n  colour: red\n", "training: Additional properties are not allowed ('colour' was unexpected)"),
         ("methods:\n  at: {loss: atkd, lamda: 0.3}\n", "methods.at: loss 'atkd': unknown hyperparameter 'lamda'"),

@@ -199,9 +199,11 @@ def get_mix_inputs(wildcards):
 
 def mixed_files():
     """Every mixed-data file of the study's teachers and sources plus `mix.sources`; `gt` needs no teacher."""
+    from kdlm.data.mixing import NEEDS_TEACHER
+
     sources = list(dict.fromkeys(config["study"]["sources"] + MIX["sources"]))
     files = {
-        f"results/mixed/{TRAIN_DATASET}/{'none' if source == 'gt' else teacher}/{source}.parquet"
+        f"results/mixed/{TRAIN_DATASET}/{teacher if source in NEEDS_TEACHER else 'none'}/{source}.parquet"
         for teacher in config["study"]["teachers"]
         for source in sources
     }
@@ -214,10 +216,14 @@ def get_generate_shard_markers(wildcards):
 
 
 def get_distill_inputs(wildcards):
+    """The run's mixed file (teacher-independent `none` mix unless the source holds teacher answers) and models."""
+    from kdlm.data.mixing import NEEDS_TEACHER
+
     teacher = None if wildcards.teacher == "none" else wildcards.teacher
-    if teacher is None and config["methods"][wildcards.method]["loss"] != "sft":
-        raise ValueError(f"method {wildcards.method!r} needs a teacher")
-    mix_teacher = "none" if wildcards.source == "gt" else teacher
+    loss = config["methods"][wildcards.method]["loss"]
+    if teacher is None and (loss != "sft" or wildcards.source == "mix_token"):
+        raise ValueError(f"method {wildcards.method!r} on source {wildcards.source!r} needs a teacher")
+    mix_teacher = teacher if wildcards.source in NEEDS_TEACHER else "none"
     inputs = {
         "data": f"results/mixed/{TRAIN_DATASET}/{mix_teacher}/{wildcards.source}.parquet",
         "student": model_input(config["students"][wildcards.student]["path"]),

@@ -1,4 +1,5 @@
 # One trained student per run: {student}__{teacher}/{source}/{method}/seed{seed}.
+# Checkpoints go to results/checkpoints/<run> (not a declared output): a rerun after a kill resumes there.
 
 
 rule distill:
@@ -18,13 +19,20 @@ rule distill:
         ),
         info=lambda wildcards: json_arg({"method_name": wildcards.method, "source": wildcards.source}),
         template=shlex.quote(TEMPLATE),
+        launcher=lambda wildcards, resources: (
+            f"torchrun --standalone --nproc-per-node={resources.gpu} --no-python kdlm"
+            if int(resources.gpu) > 1
+            else "kdlm"
+        ),
     threads: config["threads"]["train"]
+    resources:
+        gpu=0,  # > 1 launches one DDP process per GPU (set e.g. with --set-resources distill:gpu=4)
     log:
         "logs/distill/{student}__{teacher}/{source}/{method}/seed{seed}.log",
     benchmark:
         "benchmarks/distill/{student}__{teacher}/{source}/{method}/seed{seed}.tsv"
     shell:
-        "kdlm distill --student {params.student} {params.teacher} --data {input.data}"
+        "{params.launcher} distill --student {params.student} {params.teacher} --data {input.data}"
         " --method {params.method} --training {params.training} --info {params.info}"
         " --template {params.template}"
         " --out results/runs/{wildcards.student}__{wildcards.teacher}/{wildcards.source}/{wildcards.method}/seed{wildcards.seed}"
