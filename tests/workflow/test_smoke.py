@@ -81,3 +81,46 @@ def test_second_run_has_nothing_to_do(smoke_dir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def _planned_jobs(smoke_dir: Path, tmp_path: Path, overrides: str) -> dict[str, int]:
+    """Job counts of a dry run of the finished smoke study with `overrides` layered on top."""
+    override_file = tmp_path / "override.yaml"
+    override_file.write_text(overrides)
+    result = subprocess.run(
+        [*SNAKEMAKE, "-n", "-d", str(smoke_dir), "--configfile", str(REPO / "config" / "smoke.yaml"), str(override_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1].split("total")[0]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        if line.strip():
+            job, count = line.split()
+            counts[job] = int(count)
+    return counts
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # one method's hyperparameter: only that method's runs, their evaluations and the report
+        ("methods:\n  fkl: {loss: forward, temperature: 2.0}\n", {"distill": 2, "evaluate": 2, "report": 1, "all": 1}),
+        # the teacher: its fine-tuning, generation and everything downstream that uses it
+        (
+            "teacher_training:\n  lr: 2.0e-3\n",
+            {"teacher_sft": 1, "generate": 1, "mix": 1, "distill": 3, "evaluate": 4, "report": 1, "all": 1},
+        ),
+        # evaluation settings: evaluation and report only
+        ("evaluation:\n  generation:\n    max_new_tokens: 20\n", {"evaluate": 6, "report": 1, "all": 1}),
+    ],
+    ids=["method-hparam", "teacher", "evaluation"],
+)
+def test_only_changed_stages_rerun(smoke_dir, tmp_path, overrides, expected):
+    assert _planned_jobs(smoke_dir, tmp_path, overrides) == expected
