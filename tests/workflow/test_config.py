@@ -73,3 +73,24 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, overrides, exp
     assert expected in result.stderr + result.stdout
     assert "Job stats" not in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_slurm_profile_plans_gpu_jobs_and_torchrun_for_several_gpus(tmp_path):
+    profile = ["--workflow-profile", str(REPO / "profiles" / "slurm")]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        [*SNAKEMAKE, "-n", "-d", str(tmp_path), *profile], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    distill = result.stdout.split("rule distill:")[1].split("Shell command:")
+    assert "gpu=1" in distill[0] and "mem_mb=64000" in distill[0]
+    assert not distill[1].lstrip().startswith("torchrun")
+    result = subprocess.run(
+        [*SNAKEMAKE, "-n", "-d", str(tmp_path), *profile, "--set-resources", "distill:gpu=4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torchrun --standalone --nproc-per-node=4" in result.stdout
