@@ -15,16 +15,24 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "S
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
+def _snakemake(
+    workdir: Path, *extra: str, overrides: Path | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """The smoke study in `workdir`, optionally with a config layered on top and extra arguments (e.g. -n)."""
+    configs = [str(REPO / "config" / "smoke.yaml")] + ([str(overrides)] if overrides else [])
+    return subprocess.run(
+        [*SNAKEMAKE, "-d", str(workdir), *extra, "--configfile", *configs],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
+
+
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("smoke")
-    result = subprocess.run(
-        [*SNAKEMAKE, "-d", str(workdir), "--configfile", str(REPO / "config" / "smoke.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=ENV,
-    )
+    result = _snakemake(workdir, timeout=900)
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir
 
@@ -72,13 +80,7 @@ def test_each_stage_wrote_its_contract(smoke_dir):
 
 
 def test_second_run_has_nothing_to_do(smoke_dir):
-    result = subprocess.run(
-        [*SNAKEMAKE, "-d", str(smoke_dir), "--configfile", str(REPO / "config" / "smoke.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENV,
-    )
+    result = _snakemake(smoke_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Nothing to be done" in result.stdout + result.stderr
 
@@ -87,13 +89,7 @@ def _planned_jobs(smoke_dir: Path, tmp_path: Path, overrides: str) -> dict[str, 
     """Job counts of a dry run of the finished smoke study with `overrides` layered on top."""
     override_file = tmp_path / "override.yaml"
     override_file.write_text(overrides)
-    result = subprocess.run(
-        [*SNAKEMAKE, "-n", "-d", str(smoke_dir), "--configfile", str(REPO / "config" / "smoke.yaml"), str(override_file)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENV,
-    )
+    result = _snakemake(smoke_dir, "-n", overrides=override_file)
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout + result.stderr
     if "Nothing to be done" in text:
