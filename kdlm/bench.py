@@ -1,4 +1,4 @@
-"""Benchmarks that print figures: ``kdlm bench losses``, ``kdlm bench generate`` (and later ``kdlm bench train``).
+"""Benchmarks that print figures: ``kdlm bench losses``, ``kdlm bench generate``, ``kdlm bench train``.
 
 ``kdlm bench losses`` measures, for every loss in :data:`kdlm.losses.LOSSES`, the forward+backward time
 (median of ``--repeats`` runs, after one warm-up run) and the peak extra memory of kdlm's chunked
@@ -7,8 +7,9 @@ run and on the same inputs, plus the floor: the time of two ``log_softmax`` call
 (the least any KD loss must do in its forward pass).
 
 Inputs: ``--tokens`` counted tokens (shape ``(1, tokens, vocab)``, every label counted), student and
-teacher logits drawn i.i.d. from N(0, 3^2) (peaked like real LM logits), float32, CPU, all threads torch
-uses by default. The student logits are a leaf with ``requires_grad``; the gradient it receives counts as
+teacher logits drawn i.i.d. from N(0, 3^2) (peaked like real LM logits), float32 on CPU with all threads
+torch uses by default unless ``--dtype`` (bfloat16, float16) and ``--device cuda`` say otherwise. The
+student logits are a leaf with ``requires_grad``; the gradient it receives counts as
 extra memory.
 
 How memory is measured (CPU): each (loss, implementation) pair runs in a fresh Python subprocess. The
@@ -17,8 +18,9 @@ resident-set high-water mark (writing ``5`` to ``/proc/self/clear_refs``), runs 
 and reports ``VmHWM - VmRSS(before)`` from ``/proc/self/status``: the peak of resident memory beyond the
 inputs, including the gradient, the allocator's overheads and any memory the allocator held on to. A
 fresh process per measurement keeps one measurement's freed-but-cached memory out of the next. Only
-Linux is supported for the memory column (elsewhere it is NaN). Times are then taken in the same
-subprocess.
+Linux is supported for the memory column (elsewhere it is NaN). On CUDA the memory column is the caching
+allocator's peak (``max_memory_allocated``) beyond what was allocated before the call. Times are then
+taken in the same subprocess (on CUDA between ``synchronize`` calls).
 
 Acceptance (issue 3): every loss <= 2x the floor in time and <= 1.5 logits tensors of peak extra memory;
 ATKD and DKD >= 4x faster than their straightforward versions.
@@ -30,6 +32,11 @@ the same model, the same ``--prompts`` lab prompts and in the same process, afte
 each side. Only real response tokens count (up to and excluding EOS) on both sides. Without
 ``--model`` it builds a lab teacher of the default study's size (LLaMA, 4 layers x 256, random
 weights) in a temporary directory. Acceptance (issue 4): batched >= 3x the loop at batch 16.
+
+``kdlm bench train`` (:mod:`kdlm.bench_train`) measures distillation tokens/s of kdlm's trainer (forward
+KL and ATKD, ground-truth responses) against TRL's ``GKDTrainer`` with ``beta=0, lmbda=0`` (off-policy
+forward KL) on the same lab teacher/student pair, batches, batch size, sequence length and steps, in the
+same run. Acceptance (issue 5): kdlm >= 1.0x TRL's tokens/s; ATKD >= 0.8x forward KL's.
 """
 
 from __future__ import annotations
@@ -44,11 +51,14 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_OUT = Path("results/bench/losses.parquet")
+_DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}  # name -> bytes per element
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``bench`` subcommands (``losses``, ``generate``) to ``parser``."""
-    sub = parser.add_subparsers(dest="bench_command", required=True, metavar="{losses,generate}")
+    """Add the ``bench`` subcommands (``losses``, ``generate``, ``train``) to ``parser``."""
+    from kdlm.bench_train import add_train_arguments
+
+    sub = parser.add_subparsers(dest="bench_command", required=True, metavar="{losses,generate,train}")
     p = sub.add_parser("losses", help="time and memory of every loss vs its straightforward version")
     p.add_argument("--tokens", type=int, default=1024, help="counted tokens B*T (default 1024)")
     p.add_argument("--vocab", type=int, default=50272, help="vocabulary size V (default 50272, OPT's)")
@@ -57,8 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-reference", action="store_true", help="skip the straightforward implementations")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"parquet file to write (default {DEFAULT_OUT})")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; on CUDA memory is the allocator's peak")
+    p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES), help="logits dtype (default float32)")
+    p.add_argument("--chunk-size", type=int, default=None, help="kdlm's chunk_size hparam (default: each loss's default)")
     p.set_defaults(bench_func=_bench_losses)
     _add_generate_arguments(sub)
+    add_train_arguments(sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,13 +103,19 @@ def _measure(spec: dict[str, Any]) -> dict[str, float]:
     from kdlm.losses_reference import REFERENCE
 
     N, V, kind, name = spec["tokens"], spec["vocab"], spec["impl"], spec["loss"]
+    device, dtype = torch.device(spec.get("device", "cpu")), getattr(torch, spec.get("dtype", "float32"))
+    cuda = device.type == "cuda"
 
     def make(n: int, v: int):
-        g = torch.Generator().manual_seed(0)
-        s = (torch.randn(1, n, v, generator=g) * 3).requires_grad_()  # (1, n, V)
-        t = torch.randn(1, n, v, generator=g) * 3  # (1, n, V)
-        y = torch.randint(0, v, (1, n), generator=g)  # (1, n)
+        g = torch.Generator(device).manual_seed(0)
+        s = (torch.randn(1, n, v, generator=g, device=device) * 3).to(dtype).requires_grad_()  # (1, n, V)
+        t = (torch.randn(1, n, v, generator=g, device=device) * 3).to(dtype)  # (1, n, V)
+        y = torch.randint(0, v, (1, n), generator=g, device=device)  # (1, n)
         return s, t, y
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
 
     if kind == "floor":
 
@@ -104,27 +124,38 @@ def _measure(spec: dict[str, Any]) -> dict[str, float]:
             torch.log_softmax(s.detach(), dim=-1)
     else:
         fn = (LOSSES if kind == "kdlm" else REFERENCE)[name]
+        hparams = {"chunk_size": spec["chunk_size"]} if kind == "kdlm" and spec.get("chunk_size") else {}
 
         def step(s, t, y):
-            fn(s, t, y).backward()
+            fn(s, t, y, **hparams).backward()
             s.grad = None
 
-    step(*make(8, 64))  # warm-up: lazy initialization, thread pool
+    step(*make(8, 64))  # warm-up: lazy initialization, thread pool, CUDA context and kernels
     s, t, y = make(N, V)
-    linux = os.path.exists("/proc/self/clear_refs")
-    if linux:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    before = _status_kb("VmRSS")
-    step(s, t, y)
-    peak = _status_kb("VmHWM") if linux else math.nan
+    sync()
+    if cuda:  # the caching allocator's peak beyond the inputs, gradient included
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step(s, t, y)
+        sync()
+        extra_mb = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    else:
+        linux = os.path.exists("/proc/self/clear_refs")
+        if linux:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+        before = _status_kb("VmRSS")
+        step(s, t, y)
+        extra_mb = (_status_kb("VmHWM") - before) / 1024 if linux else math.nan
     times = []
     for _ in range(spec["repeats"]):
+        sync()
         t0 = time.perf_counter()
         step(s, t, y)
+        sync()
         times.append(time.perf_counter() - t0)
     times.sort()
-    return {"time_ms": 1000 * times[len(times) // 2], "peak_extra_mb": (peak - before) / 1024}
+    return {"time_ms": 1000 * times[len(times) // 2], "peak_extra_mb": extra_mb}
 
 
 def _worker() -> None:
@@ -158,8 +189,9 @@ def _bench_losses(args: argparse.Namespace) -> int:
         raise ValueError(f"--repeats must be >= 3, got {args.repeats}")
     if args.tokens < 1 or args.vocab < 2:
         raise ValueError(f"--tokens must be >= 1 and --vocab >= 2, got {args.tokens}, {args.vocab}")
-    base = {"tokens": args.tokens, "vocab": args.vocab, "repeats": args.repeats}
-    logits_mb = args.tokens * args.vocab * 4 / 2**20
+    base = {"tokens": args.tokens, "vocab": args.vocab, "repeats": args.repeats, "device": args.device, "dtype": args.dtype,
+            "chunk_size": args.chunk_size}
+    logits_mb = args.tokens * args.vocab * _DTYPES[args.dtype] / 2**20
     # kdlm's side and its floor first, the memory-hungry references after, so that the page-fault storms
     # of the references do not slow down the measurements they are compared with
     floor = _in_subprocess({**base, "impl": "floor", "loss": ""})
@@ -186,8 +218,9 @@ def _bench_losses(args: argparse.Namespace) -> int:
             "ok_speedup": bool(speedup >= 4) if name in ("atkd", "dkd") and not args.no_reference else None,
             "tokens": args.tokens,
             "vocab": args.vocab,
-            "dtype": "float32",
-            "device": "cpu",
+            "dtype": args.dtype,
+            "device": args.device,
+            "chunk_size": args.chunk_size,
             "threads": _threads(),
             "repeats": args.repeats,
         }
@@ -204,6 +237,15 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def _where(device: str) -> str:
+    """The device in words for table titles: "CPU, 2 threads" or the CUDA device's name."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU, {_threads()} threads"
 
 
 def _write(rows: list[dict[str, Any]], out: Path) -> None:
@@ -223,7 +265,7 @@ def _print_table(rows: list[dict[str, Any]], floor_ms: float, logits_mb: float, 
         return "" if ok is None else ("[green]ok[/]" if ok else "[red]FAIL[/]")
 
     table = Table(
-        title=f"kdlm bench losses: {args.tokens} tokens x V={args.vocab}, float32, CPU, {_threads()} threads; "
+        title=f"kdlm bench losses: {args.tokens} tokens x V={args.vocab}, {args.dtype}, {_where(args.device)}; "
         f"floor (2x log_softmax) = {floor_ms:.0f} ms; one logits tensor = {logits_mb:.0f} MB"
     )
     for col in ("loss", "kdlm ms", "x floor", "", "ref ms", "speedup", "", "kdlm MB", "tensors", "", "ref MB"):

@@ -620,18 +620,10 @@ def _topk_blocked(x: Tensor, k: int, block: int = 32) -> tuple[Tensor, Tensor]:
     return vals, cols.gather(1, pos)  # (n, k), (n, k)
 
 
-def _head_gap(pt: Tensor, err: Tensor, mu: float) -> Tensor:
-    """AKL's head gap per row: sum of ``err`` over the teacher's head tokens.
+def _head_gap_topk(pt: Tensor, ps: Tensor, mu: float) -> Tensor:
+    """AKL's head gap by ``topk`` of growing ``k``; exact for any row, used where the fast path gives up.
 
-    The head is the prefix of the teacher's tokens sorted by descending probability whose cumulative
-    probability is <= ``mu`` (the top token always included), as in Wu et al.'s code. It is found with
-    ``topk`` of growing ``k`` instead of a full sort; a row is settled once its top-k mass exceeds ``mu``.
-
-    Args:
-        pt: (n, V) teacher probabilities. err: (n, V) p_t - p_s (its absolute value is summed). mu: head mass.
-
-    Returns:
-        (n,) head gap.
+    A row is settled once its top-k mass exceeds ``mu``. See :func:`_head_gap` for the definition.
     """
     n, V = pt.shape
     gap = torch.zeros(n, dtype=pt.dtype, device=pt.device)
@@ -644,12 +636,70 @@ def _head_gap(pt: Tensor, err: Tensor, mu: float) -> Tensor:
         csum = vals.cumsum(-1)  # (m, k)
         head = csum <= mu  # (m, k)
         head[:, 0] = True
-        e = (err if every else err.index_select(0, pending)).gather(1, top)  # (m, k)
+        e = vals - (ps if every else ps.index_select(0, pending)).gather(1, top)  # (m, k) p_t - p_s
         g = (e.abs_() * head).sum(-1)  # (m,)
         done = (csum[:, -1] > mu) | (k == V)  # (m,)
         gap[pending[done]] = g[done]
         pending = pending[~done]  # (m',)
         k = min(V, k * 8)
+    return gap
+
+
+def _head_gap(pt: Tensor, ps: Tensor, mu: float, block: int = 32, max_blocks: int = 256) -> Tensor:
+    """AKL's head gap per row: sum of |p_t - p_s| over the teacher's head tokens.
+
+    The head is the prefix of the teacher's tokens sorted by descending probability whose cumulative
+    probability is <= ``mu`` (the top token always included), as in Wu et al.'s code. A full sort, or even
+    ``topk`` over the vocabulary, costs several passes over it on CPU; this looks at far fewer entries.
+
+    Columns are grouped into ``block`` strided blocks (block b = columns b, b + nb, b + 2 nb, ...) and the
+    block maxima sorted. The j-th largest probability is >= the j-th largest block maximum m_j (j distinct
+    blocks each hold an entry >= m_j), so once m_1 + ... + m_j > mu the head has fewer than j tokens, all
+    >= m_j, and they lie in the top j blocks. Those entries >= m_j are few: they are gathered, compacted,
+    sorted, and the head read off their cumulative sum. Rows whose top ``max_blocks`` maxima never pass
+    ``mu`` (very flat rows) fall back to :func:`_head_gap_topk`.
+
+    Args:
+        pt, ps: (n, V) teacher / student probabilities. mu: head mass.
+
+    Returns:
+        (n,) head gap.
+    """
+    n, V = pt.shape
+    nb = V // block
+    if nb < 2:
+        return _head_gap_topk(pt, ps, mu)
+    strided = pt[:, : nb * block].view(n, block, nb)  # (n, V) -> (n, block, nb): [i, r, b] = column r * nb + b
+    maxima, order = strided.amax(1).topk(min(nb, max_blocks), -1)  # (n, kb) descending block maxima
+    over = maxima.cumsum(-1) > mu  # (n, kb)
+    found = over[:, -1]  # (n,) rows with a bound
+    jstar = over.to(torch.uint8).argmax(-1)  # (n,) first j (0-based) with m_1 + ... + m_j > mu
+    floor = maxima.gather(1, jstar[:, None])  # (n, 1) m_j: every head entry is >= it
+    K = int(jstar[found].max()) + 1 if bool(found.any()) else 0
+    gap = torch.zeros(n, dtype=pt.dtype, device=pt.device)
+    if K:
+        blocks = order[:, :K]  # (n, K) block ids, most promising first
+        vals = strided.gather(2, blocks.unsqueeze(1).expand(n, block, K)).view(n, block * K)  # (n, C) flat p = r*K + k
+        tail = V - nb * block  # columns outside the strided blocks, always candidates
+        if tail:
+            vals = torch.cat([vals, pt[:, nb * block :]], 1)  # (n, C + tail)
+        keep = vals >= floor  # (n, C')
+        kept = keep.sum(-1)  # (n,)
+        width = int(kept.max())
+        slot = torch.where(keep, keep.cumsum(-1) - 1, width)  # (n, C') compacted position, overflow slot
+        flat = torch.arange(vals.shape[1], device=pt.device).expand(n, -1)  # (n, C')
+        cand = pt.new_zeros(n, width + 1).scatter_(1, slot, vals)[:, :width]  # (n, width) zero padded
+        pos = flat.new_zeros(n, width + 1).scatter_(1, slot, flat)[:, :width]  # (n, width)
+        cand, rank = cand.sort(-1, descending=True)  # (n, width)
+        pos = pos.gather(1, rank)  # (n, width)
+        r, k = pos // K, pos % K  # (n, width)
+        col = torch.where(pos < block * K, r * nb + blocks.gather(1, k.clamp(max=K - 1)), nb * block + pos - block * K)
+        head = cand.cumsum(-1) <= mu  # (n, width); the padding never joins: the kept mass exceeds mu
+        head[:, 0] = True
+        gap = ((cand - ps.gather(1, col)).abs_() * head).sum(-1)  # (n,)
+    if not bool(found.all()):
+        slow = (~found).nonzero().squeeze(1)  # (m,)
+        gap[slow] = _head_gap_topk(pt.index_select(0, slow), ps.index_select(0, slow), mu)
     return gap
 
 
@@ -659,20 +709,20 @@ def _make_akl(mu: float) -> Kernel:
         n = len(target)
         pt = torch.exp(lt, out=ws("a", n))  # (n, V)
         ps = torch.exp(ls, out=ws("b", n))  # (n, V)
-        diff = torch.sub(pt, ps, out=ws("c", n))  # (n, V)
-        total = torch.linalg.vector_norm(diff, ord=1, dim=-1)  # (n,) sum |p_t - p_s|
-        head = _head_gap(pt, diff, mu)  # (n,)
+        # sum |p_t - p_s| per row in one pass, without a difference tensor
+        total = torch.cdist(pt.unsqueeze(1), ps.unsqueeze(1), p=1).view(n)  # (n,)
+        head = _head_gap(pt, ps, mu)  # (n,)
         tiny = torch.finfo(total.dtype).tiny
         wh = torch.where(total > 0, head / total.clamp(min=tiny), 0.5)  # (n,)
         wt = torch.where(total > 0, (total - head) / total.clamp(min=tiny), 0.5)  # (n,)
         d = ls.sub_(lt)  # (n, V) log p_s - log p_t
-        fkl = -torch.mul(pt, d, out=diff).sum(-1)  # (n,)
-        rkl = torch.mul(ps, d, out=diff).sum(-1)  # (n,)
+        fkl = -torch.mul(pt, d, out=ws("c", n)).sum(-1)  # (n,)
+        pd = torch.mul(ps, d, out=lt)  # (n, V) p_s (log p_s - log p_t); lt is no longer needed
+        rkl = pd.sum(-1)  # (n,)
         if w is not None:
             cf, cr = w["akl"] * wh, w["akl"] * wt  # (n,)
-            # cf (p_s - p_t) + cr p_s (d - rkl) = p_s (cr d + cf - cr rkl) - cf p_t
-            d.mul_(_col(cr)).add_(_col(cf - cr * rkl))  # (n, V)
-            torch.mul(d, ps, out=out).addcmul_(pt, _col(cf), value=-1.0)  # (n, V)
+            # cf (p_s - p_t) + cr p_s (d - rkl) = cr p_s d + (cf - cr rkl) p_s - cf p_t
+            torch.mul(pd, _col(cr), out=out).addcmul_(ps, _col(cf - cr * rkl)).addcmul_(pt, _col(cf), value=-1.0)
         return {"akl": wh * fkl + wt * rkl, "head_weight": wh}
 
     return kernel

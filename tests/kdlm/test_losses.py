@@ -472,17 +472,23 @@ def test_validate_hparams():
         LOSSES["forward"](s, t[:, :-1], y)
 
 
-@pytest.mark.parametrize("V", [1000, 9001, 20000])
-@pytest.mark.parametrize("scale", [0.5, 3.0, 20.0])
-def test_akl_head_gap_matches_full_sort(V, scale):
-    # top-k search with growing k (blocked when V > 256 * 32) must give the sorted-prefix head exactly;
-    # scale 0.5 makes the head large (k grows past 256), scale 20 makes it one token
-    from kdlm.losses import _head_gap
+@pytest.mark.parametrize("V", [1000, 9001, 20000, 50272])
+@pytest.mark.parametrize("scale", [0.05, 0.5, 3.0, 20.0])
+@pytest.mark.parametrize("search", ["_head_gap", "_head_gap_topk"])
+def test_akl_head_gap_matches_full_sort(V, scale, search):
+    # both head searches must give the sorted-prefix head exactly; scale 0.05 makes rows so flat that the
+    # block-maxima bound fails (fallback to topk), 0.5 makes the head large (k grows past 256), 20 one token
+    import kdlm.losses
 
-    pt = torch.softmax(torch.randn(6, V, dtype=torch.float64) * scale, -1)
-    err = pt - torch.softmax(torch.randn(6, V, dtype=torch.float64) * scale, -1)
+    find = getattr(kdlm.losses, search)
+    g = torch.Generator().manual_seed(V)
+    pt = torch.softmax(torch.randn(6, V, dtype=torch.float64, generator=g) * scale, -1)
+    ps = torch.softmax(torch.randn(6, V, dtype=torch.float64, generator=g) * scale, -1)
+    pt[0] = torch.softmax(torch.randn(V, dtype=torch.float64, generator=g) * 20, -1)  # one peaked row mixed in
+    pt[1] = torch.softmax(torch.randn(V, dtype=torch.float64, generator=g) * 0.01, -1)  # and one flat
+    err = pt - ps
     sorted_p, order = pt.sort(-1, descending=True)
     tail = sorted_p.cumsum(-1) > 0.5
     tail[:, 0] = False
     want = (err.gather(1, order).abs() * ~tail).sum(-1)
-    torch.testing.assert_close(_head_gap(pt, err, 0.5), want, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(find(pt, ps, 0.5), want, rtol=1e-12, atol=1e-15)
