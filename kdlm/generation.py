@@ -159,11 +159,12 @@ class HFBackend:
             sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
         else:
             sampling = {"do_sample": False}
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        device = self.model.device
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
                 max_new_tokens=cfg.max_new_tokens,
                 pad_token_id=pad,
                 eos_token_id=eos,
@@ -420,9 +421,9 @@ def generate_for_records(
 def _backend(model_path: str, tokenizer, cfg: GenerateConfig) -> Backend:
     if cfg.backend == "vllm":
         return VLLMBackend(model_path, tokenizer, cfg)
-    from kdlm.models import load_model
+    from kdlm.models import load_inference_model
 
-    return HFBackend(load_model(model_path), tokenizer, cfg)
+    return HFBackend(load_inference_model(model_path), tokenizer, cfg)
 
 
 def _frame(plan: Plan, rows: list[int], results: list[dict], model_name: str, cfg: GenerateConfig):

@@ -45,6 +45,32 @@ def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool
     )
 
 
+def inference_placement(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
+    """Where generation and evaluation run: "auto" means the first CUDA GPU in bf16 (float16 where bf16
+    is missing) when there is one, else the CPU in float32; an explicit device or dtype is kept."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        if not device.startswith("cuda"):
+            dtype = "float32"
+        else:
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return device, dtype
+
+
+def load_inference_model(path: str | Path, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
+    """A causal LM for generation, in eval mode, placed by :func:`inference_placement`.
+
+    Training keeps :func:`load_model` (float32 weights; the HF Trainer places them and handles bf16).
+    """
+    device, dtype = inference_placement(device, dtype)
+    model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    log.info("%s: generating on %s in %s", path, device, dtype)
+    return model.to(device).eval()
+
+
 def check_vocab_compatible(student, teacher, student_tokenizer, teacher_tokenizer) -> int:
     """Return the shared vocabulary size, or raise if the two models cannot be distilled token by token.
 

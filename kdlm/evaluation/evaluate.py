@@ -28,12 +28,12 @@ def evaluate_model(
 
     from kdlm.data.templates import format_prompt
     from kdlm.evaluation.metrics import exact_match, rouge_l
-    from kdlm.models import load_model, load_tokenizer
+    from kdlm.models import load_inference_model, load_tokenizer
     from kdlm.schemas import EVAL, RECORDS, read_table, write_table
 
     records = read_table(records_path, RECORDS)
     tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path)
+    model = load_inference_model(model_path)
     prompts = [format_prompt(r.instruction, r.input, template) for r in records.itertuples()]
     results = generate_responses(model, tokenizer, prompts, cfg, desc=f"evaluate {Path(model_path).name}")
     predictions = [r["response"] for r in results]

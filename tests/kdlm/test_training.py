@@ -13,6 +13,7 @@ from kdlm.data.mixing import mix
 from kdlm.generation import GenerateConfig, generate_for_records
 from kdlm.lab.models import LabModelConfig, build_model
 from kdlm.lab.tokenizer import train_tokenizer
+from kdlm.losses import LOSSES
 from kdlm.schemas import GENERATED, MIXED, read_table
 from kdlm.training.config import MethodConfig, TrainConfig
 from kdlm.training.trainer import train
@@ -44,8 +45,11 @@ def test_mixed_sources_have_the_contract_columns(teacher_mixed, lab_records):
     assert not teacher["online"].any()
 
 
-@pytest.mark.parametrize(("loss", "source"), [("forward", "teacher"), ("sft", "gt")])
+@pytest.mark.parametrize(
+    ("loss", "source"), [(name, "gt") for name in LOSSES] + [("forward", "teacher"), ("sft", "teacher")]
+)
 def test_training_lowers_the_loss_and_writes_a_complete_run(lab, teacher_mixed, tmp_path, loss, source):
+    # every loss of the library trains on ground truth; the teacher source both with KD and as SeqKD
     out = tmp_path / "run"
     run = train(
         student_path=str(lab["student"]),
