@@ -1,4 +1,5 @@
 # Config validation, wildcard constraints and every input function of the workflow.
+import glob
 import json
 import os
 import re
@@ -33,16 +34,30 @@ validate(config, schema="../schemas/config.schema.yaml")
 def _check_names():
     """Cross-references the JSON schema cannot express; fail before any job with the allowed values."""
     problems = []
-    for key, defined in (
-        ("students", config["students"]),
-        ("teachers", config["teachers"]),
-        ("methods", config["methods"]),
-    ):
-        for name in config["study"][key]:
+    study = config["study"]
+    # study list -> where its names are defined; with `pairs`, `students` and `teachers` are ignored
+    # (a layered config inherits them from config.yaml)
+    lists = {"methods": "methods", "tasks": "evaluation.tasks"}
+    if "pairs" not in study:
+        lists.update(students="students", teachers="teachers")
+    for key, where in lists.items():
+        defined = config["evaluation"]["tasks"] if key == "tasks" else config[key]
+        for name in study.get(key, []):
             if name not in defined:
                 problems.append(
-                    f"study.{key}: unknown name {name!r}; allowed (defined under '{key}'): {sorted(defined)}"
+                    f"study.{key}: unknown name {name!r}; allowed (defined under '{where}'): {sorted(defined)}"
                 )
+    seen = {}
+    for i, pair in enumerate(study.get("pairs", [])):
+        for role, key in (("student", "students"), ("teacher", "teachers")):
+            if pair[role] not in config[key]:
+                problems.append(
+                    f"study.pairs.{i}.{role}: unknown name {pair[role]!r}; allowed (defined under '{key}'): "
+                    f"{sorted(config[key])}"
+                )
+        first = seen.setdefault((pair["student"], pair["teacher"]), i)
+        if first != i:
+            problems.append(f"study.pairs.{i}: the same pair as study.pairs.{first}")
     refs = [("train_split", config["train_split"])] + [
         (f"evaluation.tasks.{task}", ref) for task, ref in config["evaluation"]["tasks"].items()
     ]
@@ -88,6 +103,22 @@ TRAIN_DATASET = config["train_split"]["dataset"]
 TRAIN_SPLIT = config["train_split"]["split"]
 
 
+def _visible_gpus():
+    """CUDA devices this machine gives its jobs, counted without importing torch: CUDA_VISIBLE_DEVICES
+    when set, else the /dev/nvidia<N> device files."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")])
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+# The `gpu` resource of every job that can use one (teacher fine-tuning, generation, distillation,
+# evaluation, harness): 1 where this machine has a GPU, so that a global `--resources gpu=N` (the
+# default profile sets 1) caps how many run at once; 0 on a CPU-only machine, where they must not
+# queue on a GPU that is not there. Cluster profiles set it per rule (`set-resources`).
+GPU_PER_JOB = 1 if _visible_gpus() else 0
+
+
 def _alternatives(names):
     return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
 
@@ -106,19 +137,41 @@ wildcard_constraints:
     model=r"(teacher|base)/[^/]+|[^/]+__[^/]+/[^/]+/[^/]+/seed\d+",
 
 
+def study_pairs():
+    """(student, teacher) of every distilled pair: `study.pairs` when given, else students × teachers."""
+    study = config["study"]
+    if "pairs" in study:
+        return [(pair["student"], pair["teacher"]) for pair in study["pairs"]]
+    return [(student, teacher) for student in study["students"] for teacher in study["teachers"]]
+
+
+def study_students():
+    """Every student of some pair, once, in order (each is also evaluated untrained)."""
+    return list(dict.fromkeys(student for student, _ in study_pairs()))
+
+
+def study_teachers():
+    """Every teacher of some pair, once, in order (each is fine-tuned if asked, generates, is evaluated)."""
+    return list(dict.fromkeys(teacher for _, teacher in study_pairs()))
+
+
+def study_tasks():
+    """The evaluation tasks of the study: `study.tasks` when given, else every `evaluation.tasks` entry."""
+    return config["study"].get("tasks", list(config["evaluation"]["tasks"]))
+
+
 def runs():
     """Every trained student of the study; `sft` on `gt` needs no teacher, so it runs once as `none`."""
     study, seen, result = config["study"], set(), []
-    for student in study["students"]:
-        for teacher in study["teachers"]:
-            for source in study["sources"]:
-                for method in study["methods"]:
-                    for seed in study["seeds"]:
-                        needs_teacher = not (config["methods"][method]["loss"] == "sft" and source == "gt")
-                        run = f"{student}__{teacher if needs_teacher else 'none'}/{source}/{method}/seed{seed}"
-                        if run not in seen:
-                            seen.add(run)
-                            result.append(run)
+    for student, teacher in study_pairs():
+        for source in study["sources"]:
+            for method in study["methods"]:
+                for seed in study["seeds"]:
+                    needs_teacher = not (config["methods"][method]["loss"] == "sft" and source == "gt")
+                    run = f"{student}__{teacher if needs_teacher else 'none'}/{source}/{method}/seed{seed}"
+                    if run not in seen:
+                        seen.add(run)
+                        result.append(run)
     return result
 
 
@@ -154,11 +207,31 @@ def dataset_split(dataset, split):
 
 
 def get_dataset_file(wildcards):
-    """The data file as a Snakemake input; for `hf`, a local directory, or nothing for a hub id."""
-    spec = dataset_split(wildcards.dataset, wildcards.split)
-    if config["datasets"][wildcards.dataset]["format"] == "hf":
-        return [spec["path"]] if spec["path"].startswith("results/") or Path(spec["path"]).exists() else []
-    return [spec["path"]]
+    """The data file (or `hf` directory) as a Snakemake input when this workflow makes it or it exists;
+    nothing for a hub id or a file not there yet, so that `snakemake -n` plans a study before its data
+    arrive (startup notes such files; the prepare job stops naming the file while it is still missing)."""
+    path = dataset_split(wildcards.dataset, wildcards.split)["path"]
+    return [path] if path.startswith("results/") or Path(path).exists() else []
+
+
+def _note_missing_inputs():
+    """One stderr line per data file or local model directory of the study that is not there (yet)."""
+    refs = [("train_split", config["train_split"])] + [
+        (f"evaluation.tasks.{task}", config["evaluation"]["tasks"][task]) for task in study_tasks()
+    ]
+    notes = []
+    for key, ref in refs:
+        ds = config["datasets"][ref["dataset"]]
+        path = dataset_split(ref["dataset"], ref["split"])["path"]
+        if not path.startswith("results/") and not Path(path).exists() and ds["format"] != "hf":
+            notes.append(f"{key}: data file {path} does not exist yet; its prepare job fails until it does")
+    models = [(f"students.{s}", config["students"][s]["path"]) for s in study_students()]
+    models += [(f"teachers.{t}", config["teachers"][t]["path"]) for t in study_teachers()]
+    for key, path in models:
+        if path.startswith(("/", ".")) and not Path(path).is_dir():
+            notes.append(f"{key}.path: {path} is not a directory here; jobs that load it fail until it is")
+    for note in dict.fromkeys(notes):
+        print(f"kdlm: note: {note}", file=sys.stderr)
 
 
 def prepare_args(wildcards):
@@ -204,7 +277,7 @@ def mixed_files():
     sources = list(dict.fromkeys(config["study"]["sources"] + MIX["sources"]))
     files = {
         f"results/mixed/{TRAIN_DATASET}/{teacher if source in NEEDS_TEACHER else 'none'}/{source}.parquet"
-        for teacher in config["study"]["teachers"]
+        for teacher in study_teachers()
         for source in sources
     }
     return sorted(files)
@@ -285,12 +358,12 @@ def parse_eval_model(model):
 
 
 def eval_models():
-    study = config["study"]
-    return [f"teacher/{t}" for t in study["teachers"]] + [f"base/{s}" for s in study["students"]] + runs()
+    """Every teacher and untrained student of the study's pairs, each once, and every run."""
+    return [f"teacher/{t}" for t in study_teachers()] + [f"base/{s}" for s in study_students()] + runs()
 
 
 def eval_files():
-    return [f"results/eval/{m}/{task}.parquet" for m in eval_models() for task in config["evaluation"]["tasks"]]
+    return [f"results/eval/{m}/{task}.parquet" for m in eval_models() for task in study_tasks()]
 
 
 def get_eval_model(wildcards):
@@ -333,7 +406,7 @@ def judge_files():
     """Every `kdlm judge` output when `evaluation.judge.enabled`, else none."""
     if not JUDGE["enabled"]:
         return []
-    return [f"results/judge/{m}/{task}.parquet" for m in eval_models() for task in config["evaluation"]["tasks"]]
+    return [f"results/judge/{m}/{task}.parquet" for m in eval_models() for task in study_tasks()]
 
 
 def judge_args():
@@ -365,3 +438,6 @@ def report_baseline_method():
 
 def get_final_output():
     return ["results/tables/summary.parquet", "results/tables/summary.csv", "results/tables/summary.md"]
+
+
+_note_missing_inputs()

@@ -1,4 +1,9 @@
-# User (or lab) data files -> validated records parquet.
+# User (or lab) data files -> validated records parquet. File to file and cheap: on a cluster it runs
+# on the submit host (localrules), which can also reach the hub for `hf` data sets.
+
+
+localrules:
+    prepare,
 
 
 rule prepare:

@@ -26,7 +26,7 @@ rule distill:
         ),
     threads: config["threads"]["train"]
     resources:
-        gpu=0,  # > 1 launches one DDP process per GPU (set e.g. with --set-resources distill:gpu=4)
+        gpu=GPU_PER_JOB,  # > 1 launches one DDP process per GPU (e.g. --set-resources distill:gpu=4)
     log:
         "logs/distill/{student}__{teacher}/{source}/{method}/seed{seed}.log",
     benchmark:

@@ -13,6 +13,8 @@ rule evaluate:
         decoding=generation_args(config["evaluation"].get("generation", {})),
         template=TEMPLATE,
     threads: config["threads"]["evaluate"]
+    resources:
+        gpu=GPU_PER_JOB,
     log:
         "logs/evaluate/{model}/{task}.log",
     benchmark:
@@ -24,6 +26,10 @@ rule evaluate:
 
 # Optional (evaluation.judge.enabled): an LLM judge scores each answer against the task's reference.
 if JUDGE["enabled"]:
+
+    # HTTP calls only, and cluster compute nodes are often offline: local on a cluster
+    localrules:
+        judge,
 
     rule judge:
         input:
@@ -55,6 +61,8 @@ if LM_EVAL["enabled"]:
             model=lambda wildcards: parse_eval_model(wildcards.model)[0],
             label=lambda wildcards: json_arg(parse_eval_model(wildcards.model)[1]),
             args=harness_args(),
+        resources:
+            gpu=GPU_PER_JOB if LM_EVAL["device"].startswith("cuda") else 0,
         log:
             "logs/harness/{model}.log",
         benchmark:

@@ -13,6 +13,8 @@ rule teacher_sft:
         training=lambda wildcards: json_arg({**config["teacher_training"], "threads": config["threads"]["train"]}),
         template=shlex.quote(TEMPLATE),
     threads: config["threads"]["train"]
+    resources:
+        gpu=GPU_PER_JOB,
     log:
         "logs/teacher_sft/{teacher}.log",
     benchmark:
@@ -38,6 +40,8 @@ if TEACHER_GENERATION["shards"] == 1:
             decoding=teacher_generation_args(),
             template=shlex.quote(TEMPLATE),
         threads: config["threads"]["generate"]
+        resources:
+            gpu=GPU_PER_JOB,
         log:
             "logs/generate/{dataset}/{teacher}.log",
         benchmark:
@@ -60,6 +64,8 @@ else:
             template=shlex.quote(TEMPLATE),
             n=TEACHER_GENERATION["shards"],
         threads: config["threads"]["generate"]
+        resources:
+            gpu=GPU_PER_JOB,
         log:
             "logs/generate_shard/{dataset}/{teacher}/job{shard}.log",
         benchmark:
@@ -68,6 +74,10 @@ else:
             "kdlm generate --model {params.model} --name {wildcards.teacher} --records {input.records}"
             " --out results/generated/{wildcards.dataset}/{wildcards.teacher}.parquet --shard {wildcards.shard}/{params.n}"
             " --done {output} {params.decoding} --template {params.template} --threads {threads} > {log} 2>&1"
+
+    # joins the shards (tokenizes the prompts again, loads no model): local on a cluster
+    localrules:
+        generate_merge,
 
     rule generate_merge:
         input:

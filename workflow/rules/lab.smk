@@ -1,4 +1,11 @@
 # The embedded lab: synthetic corpus, tokenizer and tiny models (only when lab.enabled).
+# Seconds on a CPU: a cluster profile runs them on the submit host (localrules) instead of submitting.
+
+
+localrules:
+    lab_corpus,
+    lab_tokenizer,
+    lab_model,
 
 
 rule lab_corpus:

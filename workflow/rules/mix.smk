@@ -1,4 +1,9 @@
-# Per sample source, the training parquet the trainer reads.
+# Per sample source, the training parquet the trainer reads. File to file: local on a cluster.
+
+
+localrules:
+    mix,
+    mixes,
 
 
 rule mix:

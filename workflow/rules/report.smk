@@ -1,4 +1,12 @@
 # Summary tables and plots from every evaluation file and training log; named targets for each stage.
+# All cheap: a cluster profile runs them on the submit host (localrules).
+
+
+localrules:
+    report,
+    teacher_data,
+    runs,
+    evals,
 
 
 rule report:
@@ -32,7 +40,7 @@ rule report:
 
 rule teacher_data:
     input:
-        [f"results/generated/{TRAIN_DATASET}/{t}.parquet" for t in config["study"]["teachers"]],
+        [f"results/generated/{TRAIN_DATASET}/{t}.parquet" for t in study_teachers()],
 
 
 rule runs:

@@ -1,0 +1,268 @@
+"""The paper's study (config/paper.yaml) and `study.pairs`: dry runs only, no job is executed."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import update_config
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "-n"]
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+PAPER = REPO / "config" / "paper.yaml"
+# a job as the dry run prints it: the rule, then its indented properties (input, wildcards, resources, ...)
+JOB = re.compile(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", re.MULTILINE)
+
+
+def _config(*layers: Path) -> dict:
+    """config.yaml with `layers` on top, merged as Snakemake merges --configfile."""
+    config: dict = {}
+    for path in [REPO / "config" / "config.yaml", *layers]:
+        update_config(config, yaml.safe_load(path.read_text()) or {})
+    return config
+
+
+def _expected_runs(config: dict) -> set[str]:
+    """The run ids the workflow must plan: pairs (or students x teachers) x sources x methods x seeds."""
+    study = config["study"]
+    pairs = (
+        [(p["student"], p["teacher"]) for p in study["pairs"]]
+        if "pairs" in study
+        else [(s, t) for s in study["students"] for t in study["teachers"]]
+    )
+    runs = set()
+    for student, teacher in pairs:
+        for source in study["sources"]:
+            for method in study["methods"]:
+                for seed in study["seeds"]:
+                    plain_sft = config["methods"][method]["loss"] == "sft" and source == "gt"
+                    runs.add(f"{student}__{'none' if plain_sft else teacher}/{source}/{method}/seed{seed}")
+    return runs
+
+
+def _dry_run(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAKEMAKE, "-d", str(workdir), *args], capture_output=True, text=True, timeout=300, env=env or ENV
+    )
+
+
+def _jobs(stdout: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, {property: text}) of every job a dry run printed."""
+    jobs = []
+    for rule, body in JOB.findall(stdout):
+        fields = dict(line.strip().split(": ", 1) for line in body.splitlines() if ": " in line)
+        jobs.append((rule, fields))
+    return jobs
+
+
+def _job_stats(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:")[1].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
+
+
+def _wildcards(fields: dict[str, str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in fields["wildcards"].split(", "))
+
+
+@pytest.fixture(scope="module")
+def paper_plan(tmp_path_factory) -> str:
+    """stdout of `snakemake -n --workflow-profile profiles/slurm --configfile config/paper.yaml`."""
+    workdir = tmp_path_factory.mktemp("paper")
+    result = _dry_run(
+        workdir, "--workflow-profile", str(REPO / "profiles" / "slurm"), "--configfile", str(PAPER)
+    )
+    assert result.returncode == 0, result.stderr[-5000:] + result.stdout[-3000:]
+    # placeholders are planned, not required: startup names each missing file once
+    assert "kdlm: note: train_split: data file data/alpaca_gpt4_data.json does not exist yet" in result.stderr
+    assert "teachers.llama-13b.path: /path/to/llama-13b is not a directory here" in result.stderr
+    assert not (workdir / "results").exists()
+    return result.stdout
+
+
+def test_paper_plans_every_paper_run_and_nothing_else(paper_plan):
+    config = _config(PAPER)
+    expected = _expected_runs(config)
+    assert len(expected) == 70  # 5 pairs x (6 KD methods x 2 sources + SeqKD) + plain SFT once per student
+    distills = [_wildcards(fields) for rule, fields in _jobs(paper_plan) if rule == "distill"]
+    planned = {
+        f"{w['student']}__{w['teacher']}/{w['source']}/{w['method']}/seed{w['seed']}" for w in distills
+    }
+    assert planned == expected
+    assert _job_stats(paper_plan)["distill"] == len(expected) == len(distills)
+    # nothing of the lab leaks in from config.yaml: no lab model, data set, task or method
+    for leaked in ("results/lab", "llama-teacher", "llama-student", "lab_test", "/fkl/", "results/data/lab/"):
+        assert leaked not in paper_plan, leaked
+
+
+def test_paper_pairs_stay_within_a_family(paper_plan):
+    families = {"opt": "facebook/opt-", "pythia": "EleutherAI/pythia-", "llama": "/path/to/llama-"}
+    config = _config(PAPER)
+    models = {**config["students"], **config["teachers"]}
+
+    def family(name: str) -> str:
+        return next(f for f, prefix in families.items() if models[name]["path"].startswith(prefix))
+
+    pairs = set()
+    for rule, fields in _jobs(paper_plan):
+        if rule == "distill" and _wildcards(fields)["teacher"] != "none":
+            w = _wildcards(fields)
+            assert family(w["student"]) == family(w["teacher"]), w
+            pairs.add((w["student"], w["teacher"]))
+    assert pairs == {(p["student"], p["teacher"]) for p in config["study"]["pairs"]}
+    assert {family(t) for _, t in pairs} == set(families)
+
+
+def test_paper_plan_prints_gpu_resources_of_each_job(paper_plan):
+    jobs = _jobs(paper_plan)
+    for rule, fields in jobs:
+        resources = fields["resources"]
+        if rule in ("distill", "teacher_sft"):
+            assert "gpu=1" in resources and "mem_mb=64000" in resources and "runtime=720" in resources, rule
+            assert "cpus_per_gpu=8" in resources
+        elif rule in ("evaluate", "generate_shard", "harness"):
+            assert "gpu=1" in resources, rule
+        else:  # localrules: run on the submit host, no GPU
+            assert "gpu=1" not in resources, rule
+    assert "Job stats:" in paper_plan and re.search(r"^total\s+\d+$", paper_plan, re.MULTILINE)
+
+
+def test_paper_evaluates_each_teacher_and_student_once_per_task(paper_plan):
+    config = _config(PAPER)
+    stats = _job_stats(paper_plan)
+    teachers = {p["teacher"] for p in config["study"]["pairs"]}
+    students = {p["student"] for p in config["study"]["pairs"]}
+    assert stats["teacher_sft"] == len(teachers)  # opt-6.7b teaches two students, fine-tuned once
+    tasks = config["study"]["tasks"]
+    evaluated = Counter(_wildcards(f)["model"] for rule, f in _jobs(paper_plan) if rule == "evaluate")
+    assert {m for m in evaluated if m.startswith("teacher/")} == {f"teacher/{t}" for t in teachers}
+    assert {m for m in evaluated if m.startswith("base/")} == {f"base/{s}" for s in students}
+    assert set(evaluated.values()) == {len(tasks)}
+    assert stats["evaluate"] == len(tasks) * (len(teachers) + len(students) + stats["distill"])
+    assert stats["harness"] == len(teachers) + len(students) + stats["distill"]
+
+
+def test_paper_evaluation_sets_are_those_of_instruct_eval():
+    paper, instruct = _config(PAPER), yaml.safe_load((REPO / "config" / "instruct_eval.yaml").read_text())
+    assert sorted(paper["study"]["tasks"]) == sorted(instruct["evaluation"]["tasks"])
+    for task, ref in instruct["evaluation"]["tasks"].items():
+        assert paper["evaluation"]["tasks"][task] == ref
+        assert paper["datasets"][ref["dataset"]] == instruct["datasets"][ref["dataset"]]
+
+
+def test_default_dry_run_prints_the_job_count(tmp_path):
+    result = _dry_run(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = _job_stats(result.stdout)
+    assert stats["distill"] == len(_expected_runs(_config()))
+    assert stats["total"] == sum(n for job, n in stats.items() if job != "total")
+
+
+@pytest.mark.parametrize(("visible", "gpu"), [("", None), ("0", "gpu=1")], ids=["cpu-only", "one-gpu"])
+def test_gpu_jobs_ask_for_a_gpu_only_where_there_is_one(tmp_path, visible, gpu):
+    """The default profile caps GPU jobs with a global gpu=1; on a CPU-only machine they ask for none."""
+    profile = ["--workflow-profile", str(REPO / "profiles" / "default")]
+    result = _dry_run(tmp_path, *profile, env={**ENV, "CUDA_VISIBLE_DEVICES": visible})
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rule, fields in _jobs(result.stdout):
+        if rule in ("teacher_sft", "generate", "distill", "evaluate"):
+            assert (gpu in fields["resources"]) if gpu else "gpu=1" not in fields["resources"], rule
+        else:
+            assert "gpu=1" not in fields["resources"], rule
+    # one GPU: distill runs plain `kdlm distill`, not torchrun
+    assert "torchrun" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("study", "expected"),
+    [
+        (
+            "pairs: [{student: llama-student, teacher: opt-6.7b}]",
+            "study.pairs.0.teacher: unknown name 'opt-6.7b'; allowed (defined under 'teachers'): ['llama-teacher']",
+        ),
+        (
+            "pairs: [{student: llama-teacher, teacher: llama-teacher}]",
+            "study.pairs.0.student: unknown name 'llama-teacher'; allowed (defined under 'students'): "
+            "['llama-student']",
+        ),
+        (
+            "pairs: [{student: llama-student, teacher: llama-teacher}, {student: llama-student, teacher: llama-teacher}]",
+            "study.pairs.1: the same pair as study.pairs.0",
+        ),
+        ("pairs: [{student: llama-student}]", "study.pairs.0: 'teacher' is a required property"),
+        (
+            "tasks: [lab_test, dolly]",
+            "study.tasks: unknown name 'dolly'; allowed (defined under 'evaluation.tasks')",
+        ),
+    ],
+    ids=["unknown-teacher", "unknown-student", "duplicate", "incomplete", "unknown-task"],
+)
+def test_bad_pairs_fail_before_any_job_naming_the_entry(tmp_path, study, expected):
+    (tmp_path / "bad.yaml").write_text(f"study:\n  {study}\n")
+    result = _dry_run(tmp_path, "--configfile", str(tmp_path / "bad.yaml"))
+    assert result.returncode != 0
+    assert expected in result.stderr + result.stdout
+    assert "Job stats" not in result.stdout + result.stderr
+
+
+def test_pairs_replace_students_times_teachers(tmp_path):
+    """Two students and two teachers, two pairs: two pairs' runs, not four; shared names built once."""
+    (tmp_path / "pairs.yaml").write_text(
+        "students:\n  other-student: {path: results/lab/models/llama-student}\n"
+        "teachers:\n  other-teacher: {path: results/lab/models/llama-teacher}\n"
+        "study:\n"
+        "  students: [llama-student, other-student]\n  teachers: [llama-teacher, other-teacher]\n"
+        "  pairs:\n"
+        "    - {student: llama-student, teacher: llama-teacher}\n"
+        "    - {student: other-student, teacher: llama-teacher}\n"
+    )
+    result = _dry_run(tmp_path, "--configfile", str(tmp_path / "pairs.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = _config(tmp_path / "pairs.yaml")
+    distills = {
+        "{student}__{teacher}/{source}/{method}/seed{seed}".format(**_wildcards(f))
+        for rule, f in _jobs(result.stdout)
+        if rule == "distill"
+    }
+    assert distills == _expected_runs(config)
+    assert "other-teacher" not in result.stdout
+    stats = _job_stats(result.stdout)
+    assert stats["teacher_sft"] == 1 and stats["generate"] == 1
+    models = {_wildcards(f)["model"] for rule, f in _jobs(result.stdout) if rule == "evaluate"}
+    assert {m for m in models if "/" in m and m.split("/")[0] in ("teacher", "base")} == {
+        "teacher/llama-teacher",
+        "base/llama-student",
+        "base/other-student",
+    }
+
+
+def test_cheap_rules_are_localrules(tmp_path):
+    """On a cluster, the lab, data preparation, mixing, shard merging, judge and report run on the submit
+    host; every GPU stage is submitted."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    (tmp_path / "all_rules.yaml").write_text(
+        "evaluation:\n  judge: {enabled: true}\nteacher_generation:\n  shards: 2\n"
+    )
+    with SnakemakeApi(OutputSettings()) as api:
+        workflow_api = api.workflow(
+            resource_settings=ResourceSettings(),
+            config_settings=ConfigSettings(configfiles=[PAPER, tmp_path / "all_rules.yaml"]),
+            snakefile=REPO / "workflow" / "Snakefile",
+            workdir=tmp_path,
+        )
+        workflow = workflow_api._workflow  # the parsed workflow: Snakemake has no public accessor
+        rules = {rule.name for rule in workflow.rules}
+        local = {name for name in rules if name in workflow._localrules}
+    assert local == {
+        "all", "lab_corpus", "lab_tokenizer", "lab_model", "prepare", "generate_merge", "mix", "mixes",
+        "judge", "report", "teacher_data", "runs", "evals",
+    }  # fmt: skip
+    assert rules - local == {"teacher_sft", "generate_shard", "distill", "evaluate", "harness"}
