@@ -4,7 +4,7 @@
 #   bash scripts/gpu_check.sh [OUT_DIR]
 # 1. the training and generation tests, which train and generate on the GPU when one is visible;
 # 2. every loss on the GPU against its straightforward version (float64) and finite in bf16 at +-1e4 logits;
-# 3. `kdlm bench losses` in bf16 at 8,192 tokens x V = 128,256 (kdlm only) at the default chunk size and 256.
+# 3. `kdlm bench losses` in bf16 at 8,192 tokens x V = 128,256 (kdlm only) at chunk sizes $CHUNKS (default "32 256").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-results/bench}
@@ -44,7 +44,7 @@ for name, fn in LOSSES.items():
     print(f"{name:8s} {dev.type} float64 value {float(got.detach()):.6f} = reference; bf16 at 1e4 logits finite ({float(lb):.3g})")
 print(f"largest relative difference to the reference: {worst:.2e}")
 PY
-for chunk in 32 256; do
+for chunk in ${CHUNKS:-32 256}; do
   $py -m kdlm.cli bench losses --device cuda --dtype bfloat16 --tokens 8192 --vocab 128256 --no-reference \
     --chunk-size "$chunk" --out "$out/losses_gpu_chunk$chunk.parquet" | tee "$out/losses_gpu_chunk$chunk.txt" || status=1
 done

@@ -17,6 +17,8 @@ seed, the optimizer step and the rows' indices, so a resumed run draws what an u
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -42,10 +44,17 @@ def pick_next(logits: torch.Tensor, cfg: OnPolicyConfig, generator: torch.Genera
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B, 1) -> (B,)
 
 
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    """The KV-cache argument and output field: ``cache`` since transformers 5.2x, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def _step(model, input_ids, attention_mask, position_ids, cache, vocab_size: int):
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                use_cache=True)  # fmt: skip
-    return out.logits[:, -1, :vocab_size], out.cache  # (B, T, V') -> (B, V)
+    key = _cache_keyword(type(getattr(model, "module", model)))
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                **{key: cache})  # fmt: skip
+    return out.logits[:, -1, :vocab_size], getattr(out, key)  # (B, T, V') -> (B, V)
 
 
 @torch.no_grad()

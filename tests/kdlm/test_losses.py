@@ -474,7 +474,7 @@ def test_validate_hparams():
 
 @pytest.mark.parametrize("V", [1000, 9001, 20000, 50272])
 @pytest.mark.parametrize("scale", [0.05, 0.5, 3.0, 20.0])
-@pytest.mark.parametrize("search", ["_head_gap", "_head_gap_topk"])
+@pytest.mark.parametrize("search", ["_head_gap", "_head_gap_topk", "_head_gap_sorted"])
 def test_akl_head_gap_matches_full_sort(V, scale, search):
     # both head searches must give the sorted-prefix head exactly; scale 0.05 makes rows so flat that the
     # block-maxima bound fails (fallback to topk), 0.5 makes the head large (k grows past 256), 20 one token
