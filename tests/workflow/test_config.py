@@ -58,7 +58,8 @@ def _dry_run(tmp_path, overrides: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ("study:\n  methods: [fkl, atkd_typo]\n", "study.methods: unknown name 'atkd_typo'; allowed (defined under 'methods'): ['fkl', 'sft']"),
+        ("study:\n  methods: [fkl, atkd_typo]\n", "study.methods: unknown name 'atkd_typo'; allowed (defined under 'methods'): ['atkd', 'dkd', 'fkl', 'jsd', 'rkl', 'sft', 'tvd']"),
+        ("study:\n  grids: [{sources: [student], methods: [akl_typo]}]\n", "study.grids.0.methods: unknown name 'akl_typo'; allowed (defined under 'methods')"),
         ("methods:\n  bad: {loss: kl}\n", "methods.bad.loss: 'kl' is not one of ['forward', 'reverse'"),
         ("study:\n  sources: [gt, nope]\n", "study.sources.1: 'nope' is not one of ['gt', 'teacher', 'student'"),
         ("training:\n  lr: fast\n", "training.lr: 'fast' is not of type 'number'"),

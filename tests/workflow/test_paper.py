@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -30,20 +31,20 @@ def _config(*layers: Path) -> dict:
 
 
 def _expected_runs(config: dict) -> set[str]:
-    """The run ids the workflow must plan: pairs (or students x teachers) x sources x methods x seeds."""
+    """The run ids the workflow must plan: pairs (or students x teachers) x (each grid's sources x methods) x seeds."""
     study = config["study"]
     pairs = (
         [(p["student"], p["teacher"]) for p in study["pairs"]]
         if "pairs" in study
         else [(s, t) for s in study["students"] for t in study["teachers"]]
     )
+    grids = [(study["sources"], study["methods"])] + [(g["sources"], g["methods"]) for g in study.get("grids", [])]
     runs = set()
     for student, teacher in pairs:
-        for source in study["sources"]:
-            for method in study["methods"]:
-                for seed in study["seeds"]:
-                    plain_sft = config["methods"][method]["loss"] == "sft" and source == "gt"
-                    runs.add(f"{student}__{'none' if plain_sft else teacher}/{source}/{method}/seed{seed}")
+        for sources, methods in grids:
+            for source, method, seed in itertools.product(sources, methods, study["seeds"]):
+                plain_sft = config["methods"][method]["loss"] == "sft" and source == "gt"
+                runs.add(f"{student}__{'none' if plain_sft else teacher}/{source}/{method}/seed{seed}")
     return runs
 
 

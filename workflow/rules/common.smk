@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints and every input function of the workflow.
 import glob
+import itertools
 import json
 import os
 import re
@@ -40,12 +41,14 @@ def _check_names():
     lists = {"methods": "methods", "tasks": "evaluation.tasks"}
     if "pairs" not in study:
         lists.update(students="students", teachers="teachers")
-    for key, where in lists.items():
-        defined = config["evaluation"]["tasks"] if key == "tasks" else config[key]
-        for name in study.get(key, []):
+    named = [(f"study.{key}", study.get(key, []), where) for key, where in lists.items()]
+    named += [(f"study.grids.{i}.methods", grid["methods"], "methods") for i, grid in enumerate(study.get("grids", []))]
+    for key, names, where in named:
+        defined = config["evaluation"]["tasks"] if where == "evaluation.tasks" else config[where]
+        for name in names:
             if name not in defined:
                 problems.append(
-                    f"study.{key}: unknown name {name!r}; allowed (defined under '{where}'): {sorted(defined)}"
+                    f"{key}: unknown name {name!r}; allowed (defined under '{where}'): {sorted(defined)}"
                 )
     seen = {}
     for i, pair in enumerate(study.get("pairs", [])):
@@ -129,7 +132,10 @@ wildcard_constraints:
     lab_model=_alternatives(LAB_MODELS) if LAB_MODELS else "$^",
     teacher=_alternatives(list(config["teachers"]) + ["none"]),
     student=_alternatives(config["students"]),
-    source=_alternatives(set(config["study"]["sources"]) | set(MIX["sources"])),
+    source=_alternatives(
+        set(config["study"]["sources"]) | {s for g in config["study"].get("grids", []) for s in g["sources"]}
+        | set(MIX["sources"])
+    ),
     shard=r"\d+",
     method=_alternatives(config["methods"]),
     seed=r"\d+",
@@ -160,18 +166,29 @@ def study_tasks():
     return config["study"].get("tasks", list(config["evaluation"]["tasks"]))
 
 
+def study_grids():
+    """(sources, methods) blocks of the run matrix: `study.sources` × `study.methods`, then each of
+    `study.grids` (further blocks, e.g. two methods on every on-policy source)."""
+    study = config["study"]
+    return [(study["sources"], study["methods"])] + [(g["sources"], g["methods"]) for g in study.get("grids", [])]
+
+
+def study_sources():
+    """Every source some run trains on, once, in order."""
+    return list(dict.fromkeys(source for sources, _ in study_grids() for source in sources))
+
+
 def runs():
     """Every trained student of the study; `sft` on `gt` needs no teacher, so it runs once as `none`."""
-    study, seen, result = config["study"], set(), []
+    seen, result = set(), []
     for student, teacher in study_pairs():
-        for source in study["sources"]:
-            for method in study["methods"]:
-                for seed in study["seeds"]:
-                    needs_teacher = not (config["methods"][method]["loss"] == "sft" and source == "gt")
-                    run = f"{student}__{teacher if needs_teacher else 'none'}/{source}/{method}/seed{seed}"
-                    if run not in seen:
-                        seen.add(run)
-                        result.append(run)
+        for sources, methods in study_grids():
+            for source, method, seed in itertools.product(sources, methods, config["study"]["seeds"]):
+                needs_teacher = not (config["methods"][method]["loss"] == "sft" and source == "gt")
+                run = f"{student}__{teacher if needs_teacher else 'none'}/{source}/{method}/seed{seed}"
+                if run not in seen:
+                    seen.add(run)
+                    result.append(run)
     return result
 
 
@@ -274,7 +291,7 @@ def mixed_files():
     """Every mixed-data file of the study's teachers and sources plus `mix.sources`; `gt` needs no teacher."""
     from kdlm.data.mixing import NEEDS_TEACHER
 
-    sources = list(dict.fromkeys(config["study"]["sources"] + MIX["sources"]))
+    sources = list(dict.fromkeys(study_sources() + MIX["sources"]))
     files = {
         f"results/mixed/{TRAIN_DATASET}/{teacher if source in NEEDS_TEACHER else 'none'}/{source}.parquet"
         for teacher in study_teachers()
