@@ -1,0 +1,89 @@
+"""`kdlm bench train`: the CLI wiring and tiny runs on the session's lab pair (no timing assertions).
+
+kdlm's side is always measured; TRL's side needs the optional `bench` extra and its test is skipped
+without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+
+import pandas as pd
+import pytest
+
+import kdlm.bench as bench
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def _tiny(lab, tmp_path, *extra: str) -> argparse.Namespace:
+    return _parse("train", "--teacher", str(lab["teacher"]), "--student", str(lab["student"]), "--steps", "2",
+                  "--warmup-steps", "1", "--batch-size", "4", "--max-length", "48", "--repeats", "1", "--json",
+                  "--out", str(tmp_path / "bench" / "train.parquet"), *extra)  # fmt: skip
+
+
+def _positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_defaults_are_the_acceptance_setting():
+    args = _parse("train")
+    assert (args.steps, args.batch_size, args.max_length, args.losses) == (20, 32, 128, ["forward", "atkd"])
+    assert (args.teacher, args.student, args.no_trl, args.json) == (None, None, False, False)
+    assert str(args.out) == "results/bench/train.parquet"
+
+
+def test_kdlm_side_without_trl(lab, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "trl", None)  # as if the bench extra were not installed: import trl fails
+    assert bench.run(_tiny(lab, tmp_path)) == 0
+    captured = capsys.readouterr()
+    assert "pip install -e .[bench]" in captured.err
+    figures = json.loads(captured.out)
+    assert figures["trl"] is None and figures["kdlm_vs_trl"] is None and figures["ok_kdlm_vs_trl"] is None
+    rows = {r["side"]: r for r in figures["rows"]}
+    assert set(rows) == {"kdlm_forward", "kdlm_atkd"}
+    for r in rows.values():
+        assert _positive(r["tokens_per_s"]) and _positive(r["all_tokens_per_s"]) and _positive(r["first_loss"])
+        assert 0 < r["counted_tokens"] < r["tokens"] <= 2 * 4 * 48, "two timed steps of 4 examples of <= 48 tokens"
+    assert figures["same_batches"], "every side trains on the same batches"
+    assert figures["atkd_vs_forward"] == pytest.approx(rows["kdlm_atkd"]["tokens_per_s"] / rows["kdlm_forward"]["tokens_per_s"])
+    table = pd.read_parquet(tmp_path / "bench" / "train.parquet")
+    assert table["side"].tolist() == ["kdlm_forward", "kdlm_atkd"]
+    assert (table["tokens_per_s"] > 0).all()
+    assert not list((tmp_path / "bench").glob(".*")), "the parquet is written atomically"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl is not installed (pip install -e .[bench])")
+def test_trl_side_computes_the_same_forward_kl(lab, tmp_path, capsys):
+    assert bench.run(_tiny(lab, tmp_path, "--losses", "forward")) == 0
+    figures = json.loads(capsys.readouterr().out)
+    rows = {r["side"]: r for r in figures["rows"]}
+    assert set(rows) == {"kdlm_forward", "trl_gkd"} and figures["trl"]
+    assert _positive(rows["trl_gkd"]["tokens_per_s"])
+    assert figures["same_batches"]
+    # GKD at beta=0 and kdlm's forward loss are the same number on the same first batch and weights
+    assert rows["trl_gkd"]["first_loss"] == pytest.approx(rows["kdlm_forward"]["first_loss"], rel=1e-4)
+    assert figures["kdlm_vs_trl"] == pytest.approx(figures["kdlm_forward_tokens_per_s"] / figures["trl_tokens_per_s"])
+    assert len(pd.read_parquet(tmp_path / "bench" / "train.parquet")) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (("--steps", "0"), "must be >= 1"),
+        (("--losses", "nope"), "unknown or non-distillation"),
+        (("--losses", "sft"), "unknown or non-distillation"),
+        (("--teacher", "x"), "both --teacher and --student"),
+    ],
+)
+def test_bad_arguments(argv, match):
+    with pytest.raises(ValueError, match=match):
+        bench.run(_parse("train", "--no-trl", *argv))
