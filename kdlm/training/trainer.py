@@ -75,7 +75,8 @@ class DistillTrainer(Trainer):
         if model.training:
             inputs = self._on_policy(model, inputs)
         labels = inputs["labels"][:, 1:]  # (B, T) -> (B, T-1): position t predicts token t+1
-        model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        # no KV cache: a training forward never reuses one, and building it costs time and memory
+        model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
         outputs = model(**model_inputs)
         student_logits = outputs.logits[:, :-1, : self.vocab_size]  # (B, T-1, V)
         teacher_logits = None
