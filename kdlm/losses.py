@@ -663,9 +663,9 @@ def _head_gap(pt: Tensor, ps: Tensor, mu: float, block: int = 32, max_blocks: in
     Columns are grouped into ``block`` strided blocks (block b = columns b, b + nb, b + 2 nb, ...) and the
     block maxima sorted. The j-th largest probability is >= the j-th largest block maximum m_j (j distinct
     blocks each hold an entry >= m_j), so once m_1 + ... + m_j > mu the head has fewer than j tokens, all
-    >= m_j, and they lie in the top j blocks. Those entries >= m_j are few: they are gathered, compacted,
-    sorted, and the head read off their cumulative sum. Rows whose top ``max_blocks`` maxima never pass
-    ``mu`` (very flat rows) fall back to :func:`_head_gap_topk`.
+    >= m_j, and they lie in the top j blocks. Those entries >= m_j are few: they are gathered, sorted
+    row by row as one flat list, and the head read off each row's cumulative sum. Rows whose top
+    ``max_blocks`` maxima never pass ``mu`` (very flat rows) fall back to :func:`_head_gap_topk`.
 
     Args:
         pt, ps: (n, V) teacher / student probabilities. mu: head mass.
@@ -693,20 +693,21 @@ def _head_gap(pt: Tensor, ps: Tensor, mu: float, block: int = 32, max_blocks: in
         tail = V - nb * block  # columns outside the strided blocks, always candidates
         if tail:
             vals = torch.cat([vals, pt[:, nb * block :]], 1)  # (n, C + tail)
-        keep = vals >= floor  # (n, C')
-        kept = keep.sum(-1)  # (n,)
-        width = int(kept.max())
-        slot = torch.where(keep, keep.cumsum(-1) - 1, width)  # (n, C') compacted position, overflow slot
-        flat = torch.arange(vals.shape[1], device=pt.device).expand(n, -1)  # (n, C')
-        cand = pt.new_zeros(n, width + 1).scatter_(1, slot, vals)[:, :width]  # (n, width) zero padded
-        pos = flat.new_zeros(n, width + 1).scatter_(1, slot, flat)[:, :width]  # (n, width)
-        cand, rank = cand.sort(-1, descending=True)  # (n, width)
-        pos = pos.gather(1, rank)  # (n, width)
-        r, k = pos // K, pos % K  # (n, width)
-        col = torch.where(pos < block * K, r * nb + blocks.gather(1, k.clamp(max=K - 1)), nb * block + pos - block * K)
-        head = cand.cumsum(-1) <= mu  # (n, width); the padding never joins: the kept mass exceeds mu
-        head[:, 0] = True
-        gap = ((cand - ps.gather(1, col)).abs_() * head).sum(-1)  # (n,)
+        rows, pos = (vals >= floor).nonzero(as_tuple=True)  # (m,) the few candidates, row by row
+        cand = vals[rows, pos]  # (m,)
+        wide = cand.to(torch.float64)  # (m,) exact sort keys and cumulative sums
+        rank = (rows.to(torch.float64) * 2 - wide).argsort()  # (m,) row by row, descending within a row
+        rows, pos, cand, wide = rows[rank], pos[rank], cand[rank], wide[rank]
+        counts = torch.bincount(rows, minlength=n)  # (n,) >= 1: a row keeps at least its top block maximum
+        starts = counts.cumsum(0) - counts  # (n,) first candidate of each row
+        csum = wide.cumsum(0)  # (m,)
+        before = (csum - wide)[starts.clamp(max=len(rows) - 1)]  # (n,) mass of the rows before
+        head = (csum - before[rows]) <= mu  # (m,) the row's cumulative probability <= mu
+        head[starts[counts > 0]] = True  # the top token always
+        r, k = pos // K, pos % K  # (m,) strided row and block slot of each candidate
+        col = torch.where(pos < block * K, r * nb + blocks[rows, k.clamp(max=K - 1)], nb * block + pos - block * K)
+        err = (cand - ps[rows, col]).abs_() * head  # (m,)
+        gap = torch.zeros(n, dtype=pt.dtype, device=pt.device).index_add_(0, rows, err)  # (n,)
     if not bool(found.all()):
         slow = (~found).nonzero().squeeze(1)  # (m,)
         gap[slow] = _head_gap_topk(pt.index_select(0, slow), ps.index_select(0, slow), mu)
