@@ -53,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -679,35 +680,45 @@ def _head_gap(pt: Tensor, ps: Tensor, mu: float, block: int = 32, max_blocks: in
         return _head_gap_sorted(pt, ps, mu)
     if nb < 2:
         return _head_gap_topk(pt, ps, mu)
+    # The bookkeeping below works on a few thousand numbers per chunk: numpy, whose calls cost about a
+    # microsecond each, rather than torch's dispatcher at several.
     strided = pt[:, : nb * block].view(n, block, nb)  # (n, V) -> (n, block, nb): [i, r, b] = column r * nb + b
-    maxima, order = strided.amax(1).topk(min(nb, max_blocks), -1)  # (n, kb) descending block maxima
-    over = maxima.cumsum(-1) > mu  # (n, kb)
+    block_max = strided.amax(1).numpy()  # (n, nb)
+    kb = min(nb, max_blocks)
+    best = np.argpartition(block_max, nb - kb, axis=1)[:, nb - kb :]  # (n, kb) the kb largest, unordered
+    best_max = np.take_along_axis(block_max, best, 1)  # (n, kb)
+    rank = np.argsort(-best_max, axis=1, kind="stable")  # (n, kb)
+    maxima, order = np.take_along_axis(best_max, rank, 1), np.take_along_axis(best, rank, 1)  # descending
+    over = np.cumsum(maxima, axis=1, dtype=np.float64) > mu  # (n, kb)
     found = over[:, -1]  # (n,) rows with a bound
-    jstar = over.to(torch.uint8).argmax(-1)  # (n,) first j (0-based) with m_1 + ... + m_j > mu
-    floor = maxima.gather(1, jstar[:, None])  # (n, 1) m_j: every head entry is >= it
-    K = int(jstar[found].max()) + 1 if bool(found.any()) else 0
+    jstar = over.argmax(1)  # (n,) first j (0-based) with m_1 + ... + m_j > mu
+    floor = maxima[np.arange(n), jstar]  # (n,) m_j: every head entry is >= it
+    K = int(jstar[found].max()) + 1 if found.any() else 0
     gap = torch.zeros(n, dtype=pt.dtype, device=pt.device)
     if K:
         blocks = order[:, :K]  # (n, K) block ids, most promising first
-        vals = strided.gather(2, blocks.unsqueeze(1).expand(n, block, K)).view(n, block * K)  # (n, C) flat p = r*K + k
+        picked = torch.from_numpy(np.ascontiguousarray(blocks)).unsqueeze(1).expand(n, block, K)  # (n, block, K)
+        vals = strided.gather(2, picked).view(n, block * K)  # (n, C) flat p = r*K + k
         tail = V - nb * block  # columns outside the strided blocks, always candidates
         if tail:
             vals = torch.cat([vals, pt[:, nb * block :]], 1)  # (n, C + tail)
-        rows, pos = (vals >= floor).nonzero(as_tuple=True)  # (m,) the few candidates, row by row
+        vals = vals.numpy()
+        rows, pos = np.nonzero(vals >= floor[:, None])  # (m,) the few candidates, row by row
         cand = vals[rows, pos]  # (m,)
-        wide = cand.to(torch.float64)  # (m,) exact sort keys and cumulative sums
-        rank = (rows.to(torch.float64) * 2 - wide).argsort()  # (m,) row by row, descending within a row
+        wide = cand.astype(np.float64)  # (m,) exact sort keys and cumulative sums
+        rank = np.argsort(rows * 2.0 - wide, kind="stable")  # (m,) row by row, descending within a row
         rows, pos, cand, wide = rows[rank], pos[rank], cand[rank], wide[rank]
-        counts = torch.bincount(rows, minlength=n)  # (n,) >= 1: a row keeps at least its top block maximum
-        starts = counts.cumsum(0) - counts  # (n,) first candidate of each row
-        csum = wide.cumsum(0)  # (m,)
-        before = (csum - wide)[starts.clamp(max=len(rows) - 1)]  # (n,) mass of the rows before
+        counts = np.bincount(rows, minlength=n)  # (n,) >= 1: a row keeps at least its top block maximum
+        starts = np.cumsum(counts) - counts  # (n,) first candidate of each row
+        csum = np.cumsum(wide)  # (m,)
+        before = (csum - wide)[np.minimum(starts, len(rows) - 1)]  # (n,) mass of the rows before
         head = (csum - before[rows]) <= mu  # (m,) the row's cumulative probability <= mu
         head[starts[counts > 0]] = True  # the top token always
         r, k = pos // K, pos % K  # (m,) strided row and block slot of each candidate
-        col = torch.where(pos < block * K, r * nb + blocks[rows, k.clamp(max=K - 1)], nb * block + pos - block * K)
-        err = (cand - ps[rows, col]).abs_() * head  # (m,)
-        gap = torch.zeros(n, dtype=pt.dtype, device=pt.device).index_add_(0, rows, err)  # (n,)
+        col = np.where(pos < block * K, r * nb + blocks[rows, np.minimum(k, K - 1)], nb * block + pos - block * K)
+        err = np.abs(cand - ps.numpy()[rows, col]) * head  # (m,)
+        gap = torch.from_numpy(np.bincount(rows, weights=err, minlength=n)).to(pt.dtype)  # (n,)
+    found = torch.from_numpy(found)
     if not bool(found.all()):
         slow = (~found).nonzero().squeeze(1)  # (m,)
         gap[slow] = _head_gap_topk(pt.index_select(0, slow), ps.index_select(0, slow), mu)
