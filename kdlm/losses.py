@@ -451,13 +451,24 @@ def _k_jsd(ls, lt, target, w, ws, out):
     return {"forward": fkl, "reverse": rkl}
 
 
-def _log_mix(la: Tensor, lb: Tensor, a: float, out: Tensor, tmp: Tensor) -> Tensor:
-    """log(a * exp(la) + (1 - a) * exp(lb)) in log space into ``out``: (n, V), (n, V) -> (n, V)."""
+def _log_mix_p(la: Tensor, lb: Tensor, pa: Tensor, pb: Tensor, a: float, out: Tensor) -> Tensor:
+    """log(a * p_a + (1 - a) * p_b) into ``out`` from both log-probabilities and probabilities.
+
+    One lerp and one log where the mixture is a normal float (cheaper than logaddexp's exp and log1p per
+    entry); log space (logaddexp) on the entries where it underflows, e.g. far-out or -inf logits.
+    """
     if a <= 0.0:
         return out.copy_(lb)
     if a >= 1.0:
         return out.copy_(la)
-    return torch.logaddexp(torch.add(la, math.log(a), out=out), torch.add(lb, math.log1p(-a), out=tmp), out=out)
+    torch.lerp(pb, pa, a, out=out)  # (n, V) a p_a + (1 - a) p_b
+    tiny = torch.finfo(out.dtype).tiny
+    if not bool(out.amin() < tiny):
+        return out.log_()
+    low = out < tiny  # (n, V) the few underflowing entries
+    out.log_()
+    out[low] = torch.logaddexp(la[low] + math.log(a), lb[low] + math.log1p(-a))
+    return out
 
 
 def _make_gjsd(beta: float) -> Kernel:
@@ -467,10 +478,10 @@ def _make_gjsd(beta: float) -> Kernel:
         d/dz_s = (1-beta) p_s (f - <p_s, f>), f = log p_s - log m.
         """
         n = len(target)
-        lm = _log_mix(lt, ls, beta, ws("a", n), ws("b", n))  # (n, V)
-        pt = torch.exp(lt, out=ws("b", n))  # (n, V)
-        kt = _dot_(lt.sub_(lm), pt)  # (n,) KL(p_t || m)
+        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
         ps = torch.exp(ls, out=ws("b", n))  # (n, V)
+        lm = _log_mix_p(lt, ls, pt, ps, beta, ws("c", n))  # (n, V) log m
+        kt = _dot_(lt.sub_(lm), pt)  # (n,) KL(p_t || m)
         f = ls.sub_(lm)  # (n, V) log p_s - log m
         ks = torch.mul(ps, f, out=lt).sum(-1)  # (n,) KL(p_s || m)
         if w is not None:
@@ -496,12 +507,12 @@ def _make_skl(alpha: float) -> Kernel:
     def kernel(ls, lt, target, w, ws, out):
         """KL(p_t || m), m = alpha p_t + (1-alpha) p_s; d/dz_s = -(1-alpha) p_s (r - <p_s, r>), r = p_t/m."""
         n = len(target)
-        lm = _log_mix(lt, ls, alpha, ws("a", n), ws("b", n))  # (n, V)
-        pt = torch.exp(lt, out=ws("b", n))  # (n, V)
+        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
+        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
+        lm = _log_mix_p(lt, ls, pt, ps, alpha, ws("c", n))  # (n, V) log m
         r = lt.sub_(lm)  # (n, V) log p_t - log m
         kl = torch.mul(pt, r, out=lm).sum(-1)  # (n,)
         if w is not None:
-            ps = ls.exp_()  # (n, V)
             r.exp_()  # (n, V) p_t / m <= 1 / alpha
             dot = torch.mul(ps, r, out=lm).sum(-1)  # (n,)
             torch.mul(r.sub_(_col(dot)), ps.mul_(_col(w["skl"]) * -(1.0 - alpha)), out=out)  # (n, V)
@@ -514,8 +525,9 @@ def _make_srkl(alpha: float) -> Kernel:
     def kernel(ls, lt, target, w, ws, out):
         """KL(p_s || m), m = (1-alpha) p_t + alpha p_s; d/dz_s = p_s (f - <p_s, f>), f = log(p_s/m) - alpha p_s/m."""
         n = len(target)
-        lm = _log_mix(ls, lt, alpha, ws("a", n), ws("b", n))  # (n, V)
+        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
         ps = torch.exp(ls, out=ws("b", n))  # (n, V)
+        lm = _log_mix_p(ls, lt, ps, pt, alpha, ws("c", n))  # (n, V) log m
         f = ls.sub_(lm)  # (n, V) log p_s - log m
         kl = torch.mul(ps, f, out=lm).sum(-1)  # (n,)
         if w is not None:
