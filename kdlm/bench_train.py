@@ -377,6 +377,15 @@ def bench_train(args: argparse.Namespace) -> int:
     forward_tps = kept["kdlm_forward"]["tokens_per_s"]
     trl_tps = kept[TRL_SIDE]["tokens_per_s"] if TRL_SIDE in kept else math.nan
     rows = []
+    settings = {
+        "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "repeats": args.repeats,
+        "threads": _threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
     for side in [*(f"kdlm_{name}" for name in losses), *([TRL_SIDE] if TRL_SIDE in kept else [])]:
         fig = kept[side]
         rows.append({
@@ -387,13 +396,7 @@ def bench_train(args: argparse.Namespace) -> int:
             "tokens_per_s_runs": [r["tokens_per_s"] for r in runs[side]],
             "vs_trl": fig["tokens_per_s"] / trl_tps,
             "vs_forward": fig["tokens_per_s"] / forward_tps,
-            "steps": args.steps,
-            "warmup_steps": args.warmup_steps,
-            "batch_size": args.batch_size,
-            "max_length": args.max_length,
-            "repeats": args.repeats,
-            "threads": _threads(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            **settings,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "trl": trl_version,
@@ -402,13 +405,7 @@ def bench_train(args: argparse.Namespace) -> int:
     figures = {
         "models": model_desc,
         "trl": trl_version,
-        "steps": args.steps,
-        "warmup_steps": args.warmup_steps,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "repeats": args.repeats,
-        "threads": _threads(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        **settings,
         "kdlm_forward_tokens_per_s": forward_tps,
         "trl_tokens_per_s": trl_tps if trl_version else None,
         "atkd_tokens_per_s": atkd["tokens_per_s"] if atkd else None,
