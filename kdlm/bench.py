@@ -4,7 +4,10 @@
 (median of ``--repeats`` runs, after one warm-up run) and the peak extra memory of kdlm's chunked
 implementation and of the straightforward full-tensor one in :mod:`kdlm.losses_reference`, in the same
 run and on the same inputs, plus the floor: the time of two ``log_softmax`` calls on one logits tensor
-(the least any KD loss must do in its forward pass).
+(the least any KD loss must do in its forward pass). The floor is timed in every measurement's process,
+in turn with the loss (loss, floor, loss, floor, ...), and each loss's ``x floor`` is its median time
+over the median floor of the same process: on a shared machine whose speed drifts by 10-20% within a
+minute, a floor taken once at the start would move every ratio with the drift.
 
 Inputs: ``--tokens`` counted tokens (shape ``(1, tokens, vocab)``, every label counted), student and
 teacher logits drawn i.i.d. from N(0, 3^2) (peaked like real LM logits), float32 on CPU with all threads
@@ -62,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("losses", help="time and memory of every loss vs its straightforward version")
     p.add_argument("--tokens", type=int, default=1024, help="counted tokens B*T (default 1024)")
     p.add_argument("--vocab", type=int, default=50272, help="vocabulary size V (default 50272, OPT's)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is kept (>= 3)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement; the median is kept (>= 3, default 5)")
     p.add_argument("--losses", nargs="+", default=None, metavar="NAME", help="only these losses (default all)")
     p.add_argument("--no-reference", action="store_true", help="skip the straightforward implementations")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"parquet file to write (default {DEFAULT_OUT})")
@@ -117,11 +120,12 @@ def _measure(spec: dict[str, Any]) -> dict[str, float]:
         if cuda:
             torch.cuda.synchronize(device)
 
-    if kind == "floor":
+    def floor_step(s, t, y):
+        torch.log_softmax(s.detach(), dim=-1)
+        torch.log_softmax(s.detach(), dim=-1)
 
-        def step(s, t, y):
-            torch.log_softmax(s.detach(), dim=-1)
-            torch.log_softmax(s.detach(), dim=-1)
+    if kind == "floor":
+        step = floor_step
     else:
         fn = (LOSSES if kind == "kdlm" else REFERENCE)[name]
         hparams = {"chunk_size": spec["chunk_size"]} if kind == "kdlm" and spec.get("chunk_size") else {}
@@ -131,6 +135,7 @@ def _measure(spec: dict[str, Any]) -> dict[str, float]:
             s.grad = None
 
     step(*make(8, 64))  # warm-up: lazy initialization, thread pool, CUDA context and kernels
+    floor_step(*make(8, 64))
     s, t, y = make(N, V)
     sync()
     if cuda:  # the caching allocator's peak beyond the inputs, gradient included
@@ -147,15 +152,26 @@ def _measure(spec: dict[str, Any]) -> dict[str, float]:
         before = _status_kb("VmRSS")
         step(s, t, y)
         extra_mb = (_status_kb("VmHWM") - before) / 1024 if linux else math.nan
-    times = []
-    for _ in range(spec["repeats"]):
+
+    def timed(fn) -> float:
         sync()
         t0 = time.perf_counter()
-        step(s, t, y)
+        fn(s, t, y)
         sync()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return {"time_ms": 1000 * times[len(times) // 2], "peak_extra_mb": extra_mb}
+        return time.perf_counter() - t0
+
+    # the floor is timed in turn with the step, on the same inputs in the same process, so that a
+    # machine whose speed drifts (shared hosts do) moves both sides of the ratio alike
+    times, floors = [], []
+    for _ in range(spec["repeats"]):
+        times.append(timed(step))
+        floors.append(timed(floor_step))
+    return {"time_ms": 1000 * _median(times), "floor_ms": 1000 * _median(floors), "peak_extra_mb": extra_mb}
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
 
 
 def _worker() -> None:
@@ -192,10 +208,10 @@ def _bench_losses(args: argparse.Namespace) -> int:
     base = {"tokens": args.tokens, "vocab": args.vocab, "repeats": args.repeats, "device": args.device, "dtype": args.dtype,
             "chunk_size": args.chunk_size}
     logits_mb = args.tokens * args.vocab * _DTYPES[args.dtype] / 2**20
-    # kdlm's side and its floor first, the memory-hungry references after, so that the page-fault storms
-    # of the references do not slow down the measurements they are compared with
-    floor = _in_subprocess({**base, "impl": "floor", "loss": ""})
+    # kdlm's side first, the memory-hungry references after, so that the page-fault storms of the
+    # references do not slow down the measurements they are compared with
     mine = {name: _in_subprocess({**base, "impl": "kdlm", "loss": name}) for name in names}
+    floor_ms = _median([m["floor_ms"] for m in mine.values()])
     nan = {"time_ms": math.nan, "peak_extra_mb": math.nan}
     refs = {name: nan if args.no_reference else _in_subprocess({**base, "impl": "reference", "loss": name}) for name in names}
     rows = []
@@ -207,13 +223,13 @@ def _bench_losses(args: argparse.Namespace) -> int:
             "kdlm_ms": ours["time_ms"],
             "reference_ms": ref["time_ms"],
             "speedup": speedup,
-            "floor_ms": floor["time_ms"],
-            "x_floor": ours["time_ms"] / floor["time_ms"],
+            "floor_ms": ours["floor_ms"],
+            "x_floor": ours["time_ms"] / ours["floor_ms"],
             "kdlm_mem_mb": ours["peak_extra_mb"],
             "reference_mem_mb": ref["peak_extra_mb"],
             "kdlm_mem_tensors": ours["peak_extra_mb"] / logits_mb,
             "reference_mem_tensors": ref["peak_extra_mb"] / logits_mb,
-            "ok_time": ours["time_ms"] <= 2 * floor["time_ms"],
+            "ok_time": ours["time_ms"] <= 2 * ours["floor_ms"],
             "ok_memory": ours["peak_extra_mb"] <= 1.5 * logits_mb,
             "ok_speedup": bool(speedup >= 4) if name in ("atkd", "dkd") and not args.no_reference else None,
             "tokens": args.tokens,
@@ -227,9 +243,9 @@ def _bench_losses(args: argparse.Namespace) -> int:
         rows.append(row)
     _write(rows, args.out)
     if args.json:
-        print(json.dumps({"floor_ms": floor["time_ms"], "logits_mb": logits_mb, "rows": rows}, indent=1))
+        print(json.dumps({"floor_ms": floor_ms, "logits_mb": logits_mb, "rows": rows}, indent=1))
     else:
-        _print_table(rows, floor["time_ms"], logits_mb, args)
+        _print_table(rows, floor_ms, logits_mb, args)
     return 0
 
 
@@ -266,13 +282,14 @@ def _print_table(rows: list[dict[str, Any]], floor_ms: float, logits_mb: float, 
 
     table = Table(
         title=f"kdlm bench losses: {args.tokens} tokens x V={args.vocab}, {args.dtype}, {_where(args.device)}; "
-        f"floor (2x log_softmax) = {floor_ms:.0f} ms; one logits tensor = {logits_mb:.0f} MB"
+        f"floor (2x log_softmax) = {floor_ms:.0f} ms (median over the rows); one logits tensor = {logits_mb:.0f} MB"
     )
-    for col in ("loss", "kdlm ms", "x floor", "", "ref ms", "speedup", "", "kdlm MB", "tensors", "", "ref MB"):
+    cols = ("loss", "kdlm ms", "floor ms", "x floor", "", "ref ms", "speedup", "", "kdlm MB", "tensors", "", "ref MB")
+    for col in cols:
         table.add_column(col, justify="left" if col == "loss" else "right")
     for r in rows:
         table.add_row(
-            r["loss"], f"{r['kdlm_ms']:.0f}", f"{r['x_floor']:.2f}", mark(r["ok_time"]),
+            r["loss"], f"{r['kdlm_ms']:.0f}", f"{r['floor_ms']:.0f}", f"{r['x_floor']:.2f}", mark(r["ok_time"]),
             f"{r['reference_ms']:.0f}", f"{r['speedup']:.1f}x", mark(r["ok_speedup"]),
             f"{r['kdlm_mem_mb']:.0f}", f"{r['kdlm_mem_tensors']:.2f}", mark(r["ok_memory"]),
             f"{r['reference_mem_mb']:.0f}",

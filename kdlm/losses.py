@@ -666,19 +666,22 @@ def _head_gap_sorted(pt: Tensor, ps: Tensor, mu: float) -> Tensor:
     return ((vals - ps.gather(1, order)).abs_() * head).sum(-1)  # (n,)
 
 
-def _head_gap(pt: Tensor, ps: Tensor, mu: float, block: int = 32, max_blocks: int = 256) -> Tensor:
+def _head_gap(pt: Tensor, ps: Tensor, mu: float, block: int = 64, max_blocks: int = 256) -> Tensor:
     """AKL's head gap per row: sum of |p_t - p_s| over the teacher's head tokens.
 
     The head is the prefix of the teacher's tokens sorted by descending probability whose cumulative
     probability is <= ``mu`` (the top token always included), as in Wu et al.'s code. A full sort, or even
-    ``topk`` over the vocabulary, costs several passes over it on CPU; this looks at far fewer entries.
+    ``topk`` over the vocabulary, costs several passes over it on CPU; this reads the row once and then
+    looks at a few thousand entries.
 
-    Columns are grouped into ``block`` strided blocks (block b = columns b, b + nb, b + 2 nb, ...) and the
-    block maxima sorted. The j-th largest probability is >= the j-th largest block maximum m_j (j distinct
-    blocks each hold an entry >= m_j), so once m_1 + ... + m_j > mu the head has fewer than j tokens, all
-    >= m_j, and they lie in the top j blocks. Those entries >= m_j are few: they are gathered, sorted
-    row by row as one flat list, and the head read off each row's cumulative sum. Rows whose top
-    ``max_blocks`` maxima never pass ``mu`` (very flat rows) fall back to :func:`_head_gap_topk`.
+    Columns are grouped into blocks of ``block`` consecutive columns and each block's maximum taken (the
+    one pass over the row). The j-th largest probability is >= the j-th largest block maximum m_j (j
+    distinct blocks each hold an entry >= m_j), so once m_1 + ... + m_j > mu the head has fewer than j
+    tokens, all >= m_j. The entries >= m_j lie in the blocks whose maximum is >= m_j (and in the columns
+    after the last whole block); they are gathered, ordered by row and descending probability, and the
+    head is read off each row's cumulative sum. Rows whose top ``max_blocks`` maxima never pass ``mu``
+    (very flat rows) fall back to :func:`_head_gap_topk`. The bookkeeping works on a few thousand numbers
+    per chunk: numpy, whose calls cost about a microsecond each, rather than torch's dispatcher.
 
     Args:
         pt, ps: (n, V) teacher / student probabilities. mu: head mass.
@@ -692,44 +695,40 @@ def _head_gap(pt: Tensor, ps: Tensor, mu: float, block: int = 32, max_blocks: in
         return _head_gap_sorted(pt, ps, mu)
     if nb < 2:
         return _head_gap_topk(pt, ps, mu)
-    # The bookkeeping below works on a few thousand numbers per chunk: numpy, whose calls cost about a
-    # microsecond each, rather than torch's dispatcher at several.
-    strided = pt[:, : nb * block].view(n, block, nb)  # (n, V) -> (n, block, nb): [i, r, b] = column r * nb + b
-    block_max = strided.amax(1).numpy()  # (n, nb)
+    blocks = pt[:, : nb * block].view(n, nb, block).numpy()  # (n, V) -> (n, nb, block)
+    block_max = pt[:, : nb * block].view(n, nb, block).amax(-1).numpy()  # (n, nb)
     kb = min(nb, max_blocks)
-    best = np.argpartition(block_max, nb - kb, axis=1)[:, nb - kb :]  # (n, kb) the kb largest, unordered
-    best_max = np.take_along_axis(block_max, best, 1)  # (n, kb)
-    rank = np.argsort(-best_max, axis=1, kind="stable")  # (n, kb)
-    maxima, order = np.take_along_axis(best_max, rank, 1), np.take_along_axis(best, rank, 1)  # descending
-    over = np.cumsum(maxima, axis=1, dtype=np.float64) > mu  # (n, kb)
+    top = np.sort(block_max, axis=1)[:, ::-1][:, :kb]  # (n, kb) the kb largest maxima, descending
+    over = np.cumsum(top, axis=1, dtype=np.float64) > mu  # (n, kb)
     found = over[:, -1]  # (n,) rows with a bound
-    jstar = over.argmax(1)  # (n,) first j (0-based) with m_1 + ... + m_j > mu
-    floor = maxima[np.arange(n), jstar]  # (n,) m_j: every head entry is >= it
-    K = int(jstar[found].max()) + 1 if found.any() else 0
+    floor = np.where(found, top[np.arange(n), over.argmax(1)], np.inf).astype(block_max.dtype)  # (n,) m_j
+    hit = np.flatnonzero(block_max >= floor[:, None])  # (P,) flat (row, block) of blocks holding candidates
+    rows, blk = np.divmod(hit, nb)  # (P,), (P,)
+    vals = blocks[rows, blk]  # (P, block) those blocks' entries
+    hit = np.flatnonzero(vals >= floor[rows, None])  # (m,) the candidates, row-major
+    slot, offset = np.divmod(hit, block)  # (m,)
+    row, col, val = rows[slot], blk[slot] * block + offset, vals.reshape(-1)[hit]  # (m,) each
+    tail = V - nb * block
+    if tail:  # columns after the last whole block are always looked at
+        tail_p = pt[:, nb * block :].numpy()  # (n, tail)
+        t_row, t_off = np.divmod(np.flatnonzero(tail_p >= floor[:, None]), tail)  # (m',)
+        row = np.concatenate([row, t_row])
+        col = np.concatenate([col, t_off + nb * block])
+        val = np.concatenate([val, tail_p[t_row, t_off]])
     gap = torch.zeros(n, dtype=pt.dtype, device=pt.device)
-    if K:
-        blocks = order[:, :K]  # (n, K) block ids, most promising first
-        picked = torch.from_numpy(np.ascontiguousarray(blocks)).unsqueeze(1).expand(n, block, K)  # (n, block, K)
-        vals = strided.gather(2, picked).view(n, block * K)  # (n, C) flat p = r*K + k
-        tail = V - nb * block  # columns outside the strided blocks, always candidates
-        if tail:
-            vals = torch.cat([vals, pt[:, nb * block :]], 1)  # (n, C + tail)
-        vals = vals.numpy()
-        rows, pos = np.nonzero(vals >= floor[:, None])  # (m,) the few candidates, row by row
-        cand = vals[rows, pos]  # (m,)
-        wide = cand.astype(np.float64)  # (m,) exact sort keys and cumulative sums
-        rank = np.argsort(rows * 2.0 - wide, kind="stable")  # (m,) row by row, descending within a row
-        rows, pos, cand, wide = rows[rank], pos[rank], cand[rank], wide[rank]
-        counts = np.bincount(rows, minlength=n)  # (n,) >= 1: a row keeps at least its top block maximum
+    if row.size:
+        order = np.argsort(-val)  # (m,) descending probability ...
+        order = order[np.argsort(row[order].astype(np.int16 if n < 2**15 else np.int64), kind="stable")]  # ... by row
+        row, col, wide = row[order], col[order], val[order].astype(np.float64)  # (m,) each
+        counts = np.bincount(row, minlength=n)  # (n,)
         starts = np.cumsum(counts) - counts  # (n,) first candidate of each row
         csum = np.cumsum(wide)  # (m,)
-        before = (csum - wide)[np.minimum(starts, len(rows) - 1)]  # (n,) mass of the rows before
-        head = (csum - before[rows]) <= mu  # (m,) the row's cumulative probability <= mu
+        before = np.concatenate([[0.0], csum])[starts]  # (n,) mass of the rows before each row
+        head = (csum - before[row]) <= mu  # (m,) the row's cumulative probability <= mu
         head[starts[counts > 0]] = True  # the top token always
-        r, k = pos // K, pos % K  # (m,) strided row and block slot of each candidate
-        col = np.where(pos < block * K, r * nb + blocks[rows, np.minimum(k, K - 1)], nb * block + pos - block * K)
-        err = np.abs(cand - ps.numpy()[rows, col]) * head  # (m,)
-        gap = torch.from_numpy(np.bincount(rows, weights=err, minlength=n)).to(pt.dtype)  # (n,)
+        keep = np.flatnonzero(head)  # (h,)
+        err = np.abs(wide[keep] - ps.numpy()[row[keep], col[keep]])  # (h,)
+        gap = torch.from_numpy(np.bincount(row[keep], weights=err, minlength=n)).to(pt.dtype)  # (n,)
     found = torch.from_numpy(found)
     if not bool(found.all()):
         slow = (~found).nonzero().squeeze(1)  # (m,)

@@ -26,7 +26,7 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 def test_arguments_and_defaults():
     args = _parse("losses")
-    assert (args.tokens, args.vocab, args.repeats, args.json) == (1024, 50272, 3, False)
+    assert (args.tokens, args.vocab, args.repeats, args.json) == (1024, 50272, 5, False)
     args = _parse("losses", "--tokens", "64", "--vocab", "1000", "--json")
     assert (args.tokens, args.vocab, args.json) == (64, 1000, True)
 
@@ -35,6 +35,7 @@ def test_arguments_and_defaults():
 def test_measure_in_process(impl):
     got = bench._measure({"tokens": 8, "vocab": 50, "repeats": 3, "impl": impl, "loss": "atkd"})
     assert got["time_ms"] > 0
+    assert got["floor_ms"] > 0  # every measurement times its own floor, in turn with the step
     assert math.isnan(got["peak_extra_mb"]) or got["peak_extra_mb"] >= 0
 
 
@@ -45,6 +46,8 @@ def test_bench_losses_writes_parquet_and_json(tmp_path, capsys):
     df = pd.read_parquet(out)
     assert list(df["loss"]) == ["forward"]
     assert {"kdlm_ms", "reference_ms", "floor_ms", "kdlm_mem_mb", "reference_mem_mb", "ok_time"} <= set(df.columns)
+    row = df.iloc[0]
+    assert row["x_floor"] == pytest.approx(row["kdlm_ms"] / row["floor_ms"])  # the floor of the same process
     assert '"rows"' in capsys.readouterr().out
     assert not list(out.parent.glob(".*tmp"))
 

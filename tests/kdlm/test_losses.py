@@ -492,3 +492,23 @@ def test_akl_head_gap_matches_full_sort(V, scale, search):
     tail[:, 0] = False
     want = (err.gather(1, order).abs() * ~tail).sum(-1)
     torch.testing.assert_close(find(pt, ps, 0.5), want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("V", [200, 1000, 50272])
+def test_akl_head_gap_with_head_tokens_sharing_a_block_and_in_the_tail(V):
+    # the block bound must not drop a head token that is not its block's maximum, nor one in the columns
+    # after the last whole block; zero probabilities (-inf logits) must not enter the head
+    import kdlm.losses
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(4, V, dtype=torch.float64, generator=g)
+    z[:, :5] += 9.0  # five large entries in the first block
+    z[1, -3:] += 10.0  # three in the last columns (the tail when 64 does not divide V)
+    z[2, 64:128] += 6.0  # a whole block of large entries
+    z[3, ::7] = -math.inf
+    pt, ps = torch.softmax(z, -1), torch.softmax(torch.randn(4, V, dtype=torch.float64, generator=g), -1)
+    sorted_p, order = pt.sort(-1, descending=True)
+    tail = sorted_p.cumsum(-1) > 0.5
+    tail[:, 0] = False
+    want = ((pt - ps).gather(1, order).abs() * ~tail).sum(-1)
+    torch.testing.assert_close(kdlm.losses._head_gap(pt, ps, 0.5), want, rtol=1e-12, atol=1e-15)
