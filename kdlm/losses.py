@@ -34,7 +34,9 @@ O(chunk_size x V). DKD and ATKD use the decoupling identity (DESIGN.md, "Losses:
 
 where ``b = [p[g], 1 - p[g]]`` and ``phat`` renormalizes the non-target mass; ``1 - p[g]`` is taken as the
 sum of the non-target probabilities (no cancellation when ``p[g] -> 1``), with an exact log-space fallback
-for the rare rows where that sum underflows.
+for the rare rows where that sum underflows. AKL's head (the teacher's top tokens up to mass ``mu``) is a
+sort, which tensor ops do badly on CPU: there its sums, head search and gradient run fused per row in
+numba (:mod:`kdlm.akl_cpu`), after torch's log-softmaxes and exps; on a GPU it is all tensor ops.
 
 Logits of ``-inf`` (e.g. padded vocabulary entries) are allowed: they are treated as ``-1e30`` (probability
 exactly 0, ``0 * log 0 = 0``). A divergence that is mathematically infinite (e.g. reverse KL where the
@@ -53,7 +55,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -607,81 +608,13 @@ def _make_decoupled(setting: str) -> Kernel:
     return kernel
 
 
-def _topk_blocked(x: Tensor, k: int, block: int = 32) -> tuple[Tensor, Tensor]:
-    """Row-wise ``topk`` (values descending, indices) that looks only at the most promising blocks.
-
-    The k largest entries of a row lie in the k blocks (of ``block`` consecutive columns) with the
-    largest maxima, so a cheap block-max pass narrows topk down to k * block candidates (up to ties).
-
-    Args:
-        x: (n, V). k: number of entries, <= V.
-
-    Returns:
-        values (n, k) descending, indices (n, k) into V.
-    """
-    n, V = x.shape
-    nb = V // block
-    if nb <= k:
-        return x.topk(k, dim=-1)
-    blocks = x[:, : nb * block].view(n, nb, block)  # (n, V) -> (n, nb, block)
-    best = blocks.amax(-1).topk(k, dim=-1).indices  # (n, k) block numbers
-    cols = (best.unsqueeze(-1) * block + torch.arange(block, device=x.device)).view(n, k * block)  # (n, k*block)
-    if V % block:
-        tail = torch.arange(nb * block, V, device=x.device).expand(n, -1)  # (n, V % block) leftover columns
-        cols = torch.cat([cols, tail], dim=1)  # (n, k*block + V % block)
-    vals, pos = x.gather(1, cols).topk(k, dim=-1)  # (n, k)
-    return vals, cols.gather(1, pos)  # (n, k), (n, k)
-
-
-def _head_gap_topk(pt: Tensor, ps: Tensor, mu: float) -> Tensor:
-    """AKL's head gap by ``topk`` of growing ``k``; exact for any row, used where the fast path gives up.
-
-    A row is settled once its top-k mass exceeds ``mu``. See :func:`_head_gap` for the definition.
-    """
-    n, V = pt.shape
-    gap = torch.zeros(n, dtype=pt.dtype, device=pt.device)
-    pending = torch.arange(n, device=pt.device)  # (m,)
-    k = min(V, 256)
-    while pending.numel():
-        every = pending.numel() == n
-        rows = pt if every else pt.index_select(0, pending)  # (m, V)
-        vals, top = _topk_blocked(rows, k)  # (m, k) descending
-        csum = vals.cumsum(-1)  # (m, k)
-        head = csum <= mu  # (m, k)
-        head[:, 0] = True
-        e = vals - (ps if every else ps.index_select(0, pending)).gather(1, top)  # (m, k) p_t - p_s
-        g = (e.abs_() * head).sum(-1)  # (m,)
-        done = (csum[:, -1] > mu) | (k == V)  # (m,)
-        gap[pending[done]] = g[done]
-        pending = pending[~done]  # (m',)
-        k = min(V, k * 8)
-    return gap
-
-
 def _head_gap_sorted(pt: Tensor, ps: Tensor, mu: float) -> Tensor:
-    """AKL's head gap from a full sort of each row: on a GPU one sort beats the CPU search's host syncs."""
-    vals, order = pt.sort(-1, descending=True)  # (n, V)
-    head = vals.cumsum(-1) <= mu  # (n, V)
-    head[:, 0] = True
-    return ((vals - ps.gather(1, order)).abs_() * head).sum(-1)  # (n,)
+    """AKL's head gap per row: sum of |p_t - p_s| over the teacher's head tokens, from a full sort.
 
-
-def _head_gap(pt: Tensor, ps: Tensor, mu: float, block: int = 64, max_blocks: int = 256) -> Tensor:
-    """AKL's head gap per row: sum of |p_t - p_s| over the teacher's head tokens.
-
-    The head is the prefix of the teacher's tokens sorted by descending probability whose cumulative
-    probability is <= ``mu`` (the top token always included), as in Wu et al.'s code. A full sort, or even
-    ``topk`` over the vocabulary, costs several passes over it on CPU; this reads the row once and then
-    looks at a few thousand entries.
-
-    Columns are grouped into blocks of ``block`` consecutive columns and each block's maximum taken (the
-    one pass over the row). The j-th largest probability is >= the j-th largest block maximum m_j (j
-    distinct blocks each hold an entry >= m_j), so once m_1 + ... + m_j > mu the head has fewer than j
-    tokens, all >= m_j. The entries >= m_j lie in the blocks whose maximum is >= m_j (and in the columns
-    after the last whole block); they are gathered, ordered by row and descending probability, and the
-    head is read off each row's cumulative sum. Rows whose top ``max_blocks`` maxima never pass ``mu``
-    (very flat rows) fall back to :func:`_head_gap_topk`. The bookkeeping works on a few thousand numbers
-    per chunk: numpy, whose calls cost about a microsecond each, rather than torch's dispatcher.
+    The head is the prefix of the teacher's tokens sorted by descending probability (ties by column)
+    whose cumulative probability is <= ``mu``, the top token always included, as in Wu et al.'s code.
+    On a GPU one sort per chunk is cheap; on CPU :func:`kdlm.akl_cpu.head_gap` finds the same head
+    without sorting the row.
 
     Args:
         pt, ps: (n, V) teacher / student probabilities. mu: head mass.
@@ -689,74 +622,56 @@ def _head_gap(pt: Tensor, ps: Tensor, mu: float, block: int = 64, max_blocks: in
     Returns:
         (n,) head gap.
     """
-    n, V = pt.shape
-    nb = V // block
-    if pt.is_cuda:
-        return _head_gap_sorted(pt, ps, mu)
-    if nb < 2:
-        return _head_gap_topk(pt, ps, mu)
-    blocks = pt[:, : nb * block].view(n, nb, block).numpy()  # (n, V) -> (n, nb, block)
-    block_max = pt[:, : nb * block].view(n, nb, block).amax(-1).numpy()  # (n, nb)
-    kb = min(nb, max_blocks)
-    top = np.sort(block_max, axis=1)[:, ::-1][:, :kb]  # (n, kb) the kb largest maxima, descending
-    over = np.cumsum(top, axis=1, dtype=np.float64) > mu  # (n, kb)
-    found = over[:, -1]  # (n,) rows with a bound
-    floor = np.where(found, top[np.arange(n), over.argmax(1)], np.inf).astype(block_max.dtype)  # (n,) m_j
-    hit = np.flatnonzero(block_max >= floor[:, None])  # (P,) flat (row, block) of blocks holding candidates
-    rows, blk = np.divmod(hit, nb)  # (P,), (P,)
-    vals = blocks[rows, blk]  # (P, block) those blocks' entries
-    hit = np.flatnonzero(vals >= floor[rows, None])  # (m,) the candidates, row-major
-    slot, offset = np.divmod(hit, block)  # (m,)
-    row, col, val = rows[slot], blk[slot] * block + offset, vals.reshape(-1)[hit]  # (m,) each
-    tail = V - nb * block
-    if tail:  # columns after the last whole block are always looked at
-        tail_p = pt[:, nb * block :].numpy()  # (n, tail)
-        t_row, t_off = np.divmod(np.flatnonzero(tail_p >= floor[:, None]), tail)  # (m',)
-        row = np.concatenate([row, t_row])
-        col = np.concatenate([col, t_off + nb * block])
-        val = np.concatenate([val, tail_p[t_row, t_off]])
-    gap = torch.zeros(n, dtype=pt.dtype, device=pt.device)
-    if row.size:
-        order = np.argsort(-val)  # (m,) descending probability ...
-        order = order[np.argsort(row[order].astype(np.int16 if n < 2**15 else np.int64), kind="stable")]  # ... by row
-        row, col, wide = row[order], col[order], val[order].astype(np.float64)  # (m,) each
-        counts = np.bincount(row, minlength=n)  # (n,)
-        starts = np.cumsum(counts) - counts  # (n,) first candidate of each row
-        csum = np.cumsum(wide)  # (m,)
-        before = np.concatenate([[0.0], csum])[starts]  # (n,) mass of the rows before each row
-        head = (csum - before[row]) <= mu  # (m,) the row's cumulative probability <= mu
-        head[starts[counts > 0]] = True  # the top token always
-        keep = np.flatnonzero(head)  # (h,)
-        err = np.abs(wide[keep] - ps.numpy()[row[keep], col[keep]])  # (h,)
-        gap = torch.from_numpy(np.bincount(row[keep], weights=err, minlength=n)).to(pt.dtype)  # (n,)
-    found = torch.from_numpy(found)
-    if not bool(found.all()):
-        slow = (~found).nonzero().squeeze(1)  # (m,)
-        gap[slow] = _head_gap_topk(pt.index_select(0, slow), ps.index_select(0, slow), mu)
-    return gap
+    vals, order = pt.sort(dim=-1, descending=True, stable=True)  # (n, V) ties by column
+    head = vals.cumsum(-1) <= mu  # (n, V)
+    head[:, 0] = True
+    return ((vals - ps.gather(1, order)).abs_() * head).sum(-1)  # (n,)
 
 
-def _make_akl(mu: float) -> Kernel:
+def _make_akl_tensor(mu: float) -> Kernel:
+    """AKL from tensor ops (any device; what runs on a GPU)."""
+
     def kernel(ls, lt, target, w, ws, out):
-        """w_head KL(p_t||p_s) + w_tail KL(p_s||p_t); w from head/tail gaps of |p_t - p_s| (constants)."""
         n = len(target)
-        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
         ps = torch.exp(ls, out=ws("b", n))  # (n, V)
+        d = ls.sub_(lt)  # (n, V) log p_s - log p_t
+        pt = lt.exp_()  # (n, V)
         # sum |p_t - p_s| per row in one pass, without a difference tensor
         total = torch.cdist(pt.unsqueeze(1), ps.unsqueeze(1), p=1).view(n)  # (n,)
-        head = _head_gap(pt, ps, mu)  # (n,)
+        head = _head_gap_sorted(pt, ps, mu)  # (n,)
         tiny = torch.finfo(total.dtype).tiny
         wh = torch.where(total > 0, head / total.clamp(min=tiny), 0.5)  # (n,)
         wt = torch.where(total > 0, (total - head) / total.clamp(min=tiny), 0.5)  # (n,)
-        d = ls.sub_(lt)  # (n, V) log p_s - log p_t
-        fkl = -torch.mul(pt, d, out=ws("c", n)).sum(-1)  # (n,)
-        pd = torch.mul(ps, d, out=lt)  # (n, V) p_s (log p_s - log p_t); lt is no longer needed
+        fkl = -torch.linalg.vecdot(pt, d)  # (n,)
+        pd = d.mul_(ps)  # (n, V) p_s (log p_s - log p_t)
         rkl = pd.sum(-1)  # (n,)
         if w is not None:
             cf, cr = w["akl"] * wh, w["akl"] * wt  # (n,)
             # cf (p_s - p_t) + cr p_s (d - rkl) = cr p_s d + (cf - cr rkl) p_s - cf p_t
             torch.mul(pd, _col(cr), out=out).addcmul_(ps, _col(cf - cr * rkl)).addcmul_(pt, _col(cf), value=-1.0)
         return {"akl": wh * fkl + wt * rkl, "head_weight": wh}
+
+    return kernel
+
+
+def _make_akl(mu: float) -> Kernel:
+    """w_head KL(p_t||p_s) + w_tail KL(p_s||p_t) per token, weights from head/tail gaps (constants).
+
+    On CPU the sums, the head search and the gradient run fused per row (:mod:`kdlm.akl_cpu`); torch
+    takes the log-softmaxes and exps. Elsewhere :func:`_make_akl_tensor`'s tensor ops run.
+    """
+    on_device = _make_akl_tensor(mu)
+
+    def kernel(ls, lt, target, w, ws, out):
+        if ls.device.type != "cpu":
+            return on_device(ls, lt, target, w, ws, out)
+        from kdlm.akl_cpu import akl_rows
+
+        n = len(target)
+        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
+        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
+        terms = akl_rows(ls, lt, ps, pt, mu, None if w is None else w["akl"], out).to(ls.dtype)  # (n, 6)
+        return {"akl": terms[:, 0], "head_weight": terms[:, 1]}
 
     return kernel
 

@@ -472,43 +472,70 @@ def test_validate_hparams():
         LOSSES["forward"](s, t[:, :-1], y)
 
 
-@pytest.mark.parametrize("V", [1000, 9001, 20000, 50272])
-@pytest.mark.parametrize("scale", [0.05, 0.5, 3.0, 20.0])
-@pytest.mark.parametrize("search", ["_head_gap", "_head_gap_topk", "_head_gap_sorted"])
-def test_akl_head_gap_matches_full_sort(V, scale, search):
-    # both head searches must give the sorted-prefix head exactly; scale 0.05 makes rows so flat that the
-    # block-maxima bound fails (fallback to topk), 0.5 makes the head large (k grows past 256), 20 one token
-    import kdlm.losses
+def _sorted_head_gap(pt, ps, mu):
+    """The definition, straightforwardly: sort (ties by column), cumulative mass <= mu, top token always."""
+    sorted_p, order = pt.double().sort(dim=-1, descending=True, stable=True)
+    head = sorted_p.cumsum(-1) <= mu
+    head[:, 0] = True
+    return ((pt - ps).double().gather(1, order).abs() * head).sum(-1)
 
-    find = getattr(kdlm.losses, search)
+
+HEAD_SEARCHES = ["kdlm.akl_cpu.head_gap", "kdlm.losses._head_gap_sorted"]
+
+
+def _head_search(name):
+    import importlib
+
+    module, fn = name.rsplit(".", 1)
+    return getattr(importlib.import_module(module), fn)
+
+
+@pytest.mark.parametrize("V", [3, 127, 1000, 9001, 50272])
+@pytest.mark.parametrize("scale", [0.05, 0.5, 3.0, 20.0])
+@pytest.mark.parametrize("search", HEAD_SEARCHES)
+def test_akl_head_gap_matches_full_sort(V, scale, search):
+    # scale 0.05 makes rows so flat that the block-maxima bound fails (the floor comes from bisection on
+    # the row), 0.5 makes the head hundreds of tokens, 20 a single token; V < 128 has no whole block
     g = torch.Generator().manual_seed(V)
     pt = torch.softmax(torch.randn(6, V, dtype=torch.float64, generator=g) * scale, -1)
     ps = torch.softmax(torch.randn(6, V, dtype=torch.float64, generator=g) * scale, -1)
     pt[0] = torch.softmax(torch.randn(V, dtype=torch.float64, generator=g) * 20, -1)  # one peaked row mixed in
     pt[1] = torch.softmax(torch.randn(V, dtype=torch.float64, generator=g) * 0.01, -1)  # and one flat
-    err = pt - ps
-    sorted_p, order = pt.sort(-1, descending=True)
-    tail = sorted_p.cumsum(-1) > 0.5
-    tail[:, 0] = False
-    want = (err.gather(1, order).abs() * ~tail).sum(-1)
-    torch.testing.assert_close(find(pt, ps, 0.5), want, rtol=1e-12, atol=1e-15)
+    for mu in (0.0, 0.2, 0.5, 0.95, 1.0):
+        torch.testing.assert_close(_head_search(search)(pt, ps, mu), _sorted_head_gap(pt, ps, mu), rtol=1e-12, atol=1e-15)
+    # float32 probabilities (what training computes in): same head, sums to float32 precision
+    pt32, ps32 = pt.float(), ps.float()
+    torch.testing.assert_close(_head_search(search)(pt32, ps32, 0.5).double(), _sorted_head_gap(pt32, ps32, 0.5),
+                               rtol=1e-5, atol=1e-9)  # fmt: skip
 
 
 @pytest.mark.parametrize("V", [200, 1000, 50272])
-def test_akl_head_gap_with_head_tokens_sharing_a_block_and_in_the_tail(V):
-    # the block bound must not drop a head token that is not its block's maximum, nor one in the columns
-    # after the last whole block; zero probabilities (-inf logits) must not enter the head
-    import kdlm.losses
-
+@pytest.mark.parametrize("search", HEAD_SEARCHES)
+def test_akl_head_gap_with_head_tokens_sharing_a_block_and_in_the_tail(V, search):
+    # the block bound must not drop a head token that is not its block's maximum (blocks are strided,
+    # columns b, b + V // 64, ...; consecutive columns are tested too), nor one in the columns after the
+    # last whole stripe; zero probabilities (-inf logits) must not enter the head; ties go by column
     g = torch.Generator().manual_seed(1)
-    z = torch.randn(4, V, dtype=torch.float64, generator=g)
-    z[:, :5] += 9.0  # five large entries in the first block
-    z[1, -3:] += 10.0  # three in the last columns (the tail when 64 does not divide V)
-    z[2, 64:128] += 6.0  # a whole block of large entries
+    z = torch.randn(5, V, dtype=torch.float64, generator=g)
+    z[0, :5] += 9.0  # five large entries in consecutive columns
+    z[1, torch.arange(6) * (V // 64)] += 9.0  # six in one strided block
+    z[2, -3:] += 10.0  # three in the last columns (outside the stripes when 64 does not divide V)
     z[3, ::7] = -math.inf
-    pt, ps = torch.softmax(z, -1), torch.softmax(torch.randn(4, V, dtype=torch.float64, generator=g), -1)
-    sorted_p, order = pt.sort(-1, descending=True)
-    tail = sorted_p.cumsum(-1) > 0.5
-    tail[:, 0] = False
-    want = ((pt - ps).gather(1, order).abs() * ~tail).sum(-1)
-    torch.testing.assert_close(kdlm.losses._head_gap(pt, ps, 0.5), want, rtol=1e-12, atol=1e-15)
+    z[4, :] = 0.0
+    z[4, torch.randperm(V, generator=g)[:30]] = 9.0  # thirty tied tokens; the head's edge falls among them
+    pt, ps = torch.softmax(z, -1), torch.softmax(torch.randn(5, V, dtype=torch.float64, generator=g), -1)
+    torch.testing.assert_close(_head_search(search)(pt, ps, 0.5), _sorted_head_gap(pt, ps, 0.5), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_akl_tensor_kernel_matches_reference(temperature):
+    # the tensor-op AKL that runs on GPUs (the CPU runs kdlm.akl_cpu), checked here on CPU tensors
+    from kdlm.losses import _make_akl_tensor, _run
+
+    s, t, y = _batch(B=3, T=6, V=300)
+    for mu in (0.2, 0.5):
+        got = _run(s, t, y, _make_akl_tensor(mu), {"akl": 1.0}, temperature, 4)[0]
+        (g_got,) = torch.autograd.grad(got, s)
+        want, g_want = _value_and_grad(REFERENCE["akl"], s, t, y, temperature=temperature, mu=mu)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-12)

@@ -1,0 +1,279 @@
+"""AKL's per-token work on CPU, fused row by row with numba.
+
+AKL (Wu et al. 2024, https://arxiv.org/abs/2404.02657) weighs forward and reverse KL by how far the
+student is from the teacher on the teacher's head tokens. Besides both KLs it needs, per token, the
+total gap sum |p_t - p_s| and the gap over the head, the teacher's top tokens whose cumulative
+probability is <= mu; the head is a sort, which element-wise tensor ops do badly on CPU (a full sort
+of a 50k-token row costs milliseconds, and a block-bounded search in numpy spends its time in a few
+dozen small calls). Here one compiled function per row makes two passes over the row's four
+log-probability / probability vectors while they sit in the core's cache: one for the sums and the
+head's candidates, one for the gradient. torch still takes the log-softmaxes and exps (its vectorized
+exp is much faster than numba's scalar one).
+
+The head search is exact. Columns are grouped into blocks of ``BLOCK`` consecutive columns and each
+block's maximum taken. The j-th largest probability is >= the j-th largest block maximum m_j (j
+distinct blocks each hold an entry >= m_j), so once m_1 + ... + m_j > mu the head has fewer than j
+tokens, all >= m_j: only the blocks whose maximum is >= m_j are scanned, and the entries >= m_j
+sorted. A row too flat for that bound (the block maxima sum to <= mu) gets its floor by bisection on
+the mass above a threshold instead (one vectorized pass per step).
+
+Rows are split over ``torch.get_num_threads()`` threads when numba's OpenMP layer shares torch's
+OpenMP runtime (see :func:`_parts`), else they run in the calling thread. Compiled code is cached on
+disk by numba (first call in a fresh environment: some seconds).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+# Prefer numba's OpenMP layer (see _parts) unless the user chose a layer; numba reads this on its first
+# parallel launch and falls back to the next layer if OpenMP cannot be loaded.
+if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+__all__ = ["BLOCK", "akl_rows", "head_gap"]
+
+BLOCK = 64  # columns per block of the head search's bound
+_SUMS = {"reassoc", "contract"}  # let sums be reordered so they vectorize; NaN and inf keep their meaning
+_BISECT_STEPS = 200  # a bound only: the relative width below stops bisection far earlier
+_BISECT_WIDTH = 1e-3
+_MARGIN = 1e-9  # a floor needs the mass above it to exceed mu by more than any rounding of the sums
+
+
+@njit(nogil=True, cache=True, fastmath=_SUMS)
+def _row_sums(ls, lt, ps, pt):  # pragma: no cover - compiled
+    """-sum p_t d, sum p_s d, sum |p_t - p_s| with d = log p_s - log p_t, accumulated in float64."""
+    fkl = 0.0
+    rkl = 0.0
+    gap = 0.0
+    for v in range(ls.shape[0]):
+        d = np.float64(ls[v]) - np.float64(lt[v])
+        fkl -= pt[v] * d
+        rkl += ps[v] * d
+        gap += abs(np.float64(pt[v]) - np.float64(ps[v]))
+    return fkl, rkl, gap
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _block_maxima(pt, maxima):  # pragma: no cover - compiled
+    """maxima[b] = max over the strided block b, b + nb, ..., b + (BLOCK - 1) nb (nb = V // BLOCK).
+
+    Strided blocks make this one vectorized pass (an element-wise max of BLOCK slices of the row).
+    """
+    nb = pt.shape[0] // BLOCK
+    maxima[:nb] = pt[:nb]
+    for r in range(1, BLOCK):
+        stripe = pt[r * nb : (r + 1) * nb]
+        for b in range(nb):
+            x = stripe[b]
+            if x > maxima[b]:
+                maxima[b] = x
+    return nb
+
+
+@njit(nogil=True, cache=True, fastmath=_SUMS)
+def _mass_at_least(x, floor):  # pragma: no cover - compiled
+    """sum of the entries of x that are >= floor (a select, so that the loop vectorizes)."""
+    s = 0.0
+    for v in range(x.shape[0]):
+        s += np.float64(x[v]) if x[v] >= floor else 0.0
+    return s
+
+
+@njit(nogil=True, cache=True)
+def _bisect_floor(x, mu, top):  # pragma: no cover - compiled
+    """A floor f within 0.1% below the largest one whose entries of x >= f sum to more than mu.
+
+    x's entries are in [0, top]; the caller has checked that all of x sums to more than mu. The mass
+    at lo always exceeds mu, the mass at hi never does; stopping at a relative width keeps the steps
+    few (about 10 plus log2(top / f)) while only entries within 0.1% of the threshold are added.
+    """
+    lo, hi = 0.0, 2.0 * top
+    for _ in range(_BISECT_STEPS):
+        if hi - lo <= _BISECT_WIDTH * hi:
+            break
+        mid = 0.5 * (lo + hi)
+        if _mass_at_least(x, mid) > mu + _MARGIN:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@njit(nogil=True, cache=True)
+def _row_head_gap(pt, ps, mu, maxima, cand_val, cand_col):  # pragma: no cover - compiled
+    """sum of |p_t - p_s| over the teacher's head (sorted prefix with cumulative mass <= mu, top token always)."""
+    V = pt.shape[0]
+    nb = _block_maxima(pt, maxima) if V >= 2 * BLOCK else 0
+    c = 0
+    if nb and _mass_at_least(maxima[:nb], 0.0) > mu + _MARGIN:
+        top = 0.0
+        for b in range(nb):
+            top = max(top, np.float64(maxima[b]))
+        floor = _bisect_floor(maxima[:nb], mu, top)  # the head lies within the entries >= floor ...
+        picked = np.flatnonzero(maxima[:nb] >= floor)  # ... which lie in these blocks (ascending)
+        for r in range(BLOCK):  # stripe by stripe, each stripe's picked columns ascending: column order
+            base = r * nb
+            for b in picked:
+                if pt[base + b] >= floor:
+                    cand_val[c] = pt[base + b]
+                    cand_col[c] = base + b
+                    c += 1
+        first = BLOCK * nb  # the columns after the last whole stripe are always looked at
+    else:
+        first = 0
+        if _mass_at_least(pt, 0.0) > mu + _MARGIN:
+            top = 0.0
+            for v in range(V):
+                top = max(top, np.float64(pt[v]))
+            floor = _bisect_floor(pt, mu, top)  # too flat (or too short) for the block bound
+        else:
+            floor = 0.0  # mu covers (almost) all the mass: every entry is a candidate
+    for v in range(first, V):
+        if pt[v] >= floor:
+            cand_val[c] = pt[v]
+            cand_col[c] = v
+            c += 1
+    order = np.argsort(-cand_val[:c], kind="mergesort")  # descending probability; stable: ties by column
+    mass = 0.0
+    gap = 0.0
+    for k in range(c):
+        j = order[k]
+        mass += np.float64(cand_val[j])
+        if mass > mu and k > 0:
+            break
+        gap += abs(np.float64(cand_val[j]) - np.float64(ps[cand_col[j]]))
+    return gap
+
+
+@njit(nogil=True, cache=True, fastmath=_SUMS)
+def _row_grad(ls, lt, ps, pt, cr, c1, cf, out):  # pragma: no cover - compiled
+    """cf (p_s - p_t) + cr p_s (d - rkl) = p_s (cr d + c1) - cf p_t, c1 = cf - cr rkl."""
+    for v in range(ls.shape[0]):
+        out[v] = ps[v] * (cr * (ls[v] - lt[v]) + c1) - cf * pt[v]
+
+
+@njit(nogil=True, cache=True)
+def _akl_range(ls, lt, ps, pt, w, mu, want_grad, out, terms, lo, hi):  # pragma: no cover - compiled
+    """Rows lo..hi-1: terms[i] = (akl, head weight, forward KL, reverse KL, gap, head gap); out[i] = gradient."""
+    V = ls.shape[1]
+    maxima = np.empty(V // BLOCK + 1, dtype=pt.dtype)
+    cand_val = np.empty(V, dtype=pt.dtype)
+    cand_col = np.empty(V, dtype=np.int64)
+    one = ls.dtype.type(1.0)
+    for i in range(lo, hi):
+        fkl, rkl, total = _row_sums(ls[i], lt[i], ps[i], pt[i])
+        head = _row_head_gap(pt[i], ps[i], mu, maxima, cand_val, cand_col)
+        wh, wt = 0.5, 0.5
+        if total > 0:
+            wh, wt = head / total, (total - head) / total
+        terms[i, 0] = wh * fkl + wt * rkl
+        terms[i, 1] = wh
+        terms[i, 2] = fkl
+        terms[i, 3] = rkl
+        terms[i, 4] = total
+        terms[i, 5] = head
+        if want_grad:
+            cf, cr = w[i] * wh, w[i] * wt
+            _row_grad(ls[i], lt[i], ps[i], pt[i], one * cr, one * (cf - cr * rkl), one * cf, out[i])
+
+
+@njit(nogil=True, cache=True)
+def _head_gap_range(pt, ps, mu, gap, lo, hi):  # pragma: no cover - compiled
+    V = pt.shape[1]
+    maxima = np.empty(V // BLOCK + 1, dtype=pt.dtype)
+    cand_val = np.empty(V, dtype=pt.dtype)
+    cand_col = np.empty(V, dtype=np.int64)
+    for i in range(lo, hi):
+        gap[i] = _row_head_gap(pt[i], ps[i], mu, maxima, cand_val, cand_col)
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def _akl_parts(ls, lt, ps, pt, w, mu, want_grad, out, terms, parts):  # pragma: no cover - compiled
+    n = ls.shape[0]
+    for k in prange(parts):
+        _akl_range(ls, lt, ps, pt, w, mu, want_grad, out, terms, (n * k) // parts, (n * (k + 1)) // parts)
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def _head_gap_parts(pt, ps, mu, gap, parts):  # pragma: no cover - compiled
+    n = pt.shape[0]
+    for k in prange(parts):
+        _head_gap_range(pt, ps, mu, gap, (n * k) // parts, (n * (k + 1)) // parts)
+
+
+@njit(cache=True, parallel=True)
+def _probe(x):  # pragma: no cover - compiled
+    for i in prange(x.shape[0]):
+        x[i] = i
+
+
+_layer_checked: bool | None = None  # whether rows may run on several threads; decided on first use
+
+
+def _parts(n: int) -> int:
+    """How many row ranges to run at once: torch's thread count where that is cheap, else 1.
+
+    numba's OpenMP threading layer uses the OpenMP runtime torch has already loaded, so its parallel
+    loop runs on torch's worker threads, which are still spinning from the last torch op. Any other
+    layer would start threads of its own to compete with those spinning workers (measured here: slower
+    than one thread), so then the rows run in the calling thread.
+    """
+    global _layer_checked
+    if _layer_checked is None:
+        _layer_checked = False
+        try:
+            _probe(np.empty(2))  # starts numba's threading layer
+            _layer_checked = numba.threading_layer() == "omp"
+        except Exception:  # no threading layer could be loaded: rows run in the calling thread
+            _layer_checked = False
+    if not _layer_checked:
+        return 1
+    parts = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, n))
+    numba.set_num_threads(parts)
+    return parts
+
+
+def akl_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Tensor, mu: float,
+             w: torch.Tensor | None, out: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """AKL's per-token terms and (if ``w`` is given) its gradient, for one chunk of rows.
+
+    Args:
+        ls, lt: (n, V) student / teacher log-probabilities; ps, pt: (n, V) their exps. CPU tensors of one
+            float dtype.
+        mu: head mass. w: (n,) weight of each token's AKL in the loss, or None (no gradient).
+        out: (n, V), the dtype of ``ls``: receives the gradient of sum_i w_i AKL_i with respect to the
+            student's scaled logits (the weights are constants, as in Wu et al.'s code).
+
+    Returns:
+        (n, 6) float64: per token AKL, head weight, forward KL, reverse KL, total gap, head gap.
+    """
+    n = ls.shape[0]
+    terms = np.empty((n, 6), dtype=np.float64)
+    want = w is not None
+    w_np = w.detach().to(torch.float64).contiguous().numpy() if want else np.zeros(0)
+    out_np = out.numpy() if want else np.zeros((0, 0), dtype=ls.numpy().dtype)
+    args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), w_np, float(mu), want, out_np, terms)
+    parts = _parts(n)
+    if parts > 1:
+        _akl_parts(*args, parts)
+    else:
+        _akl_range(*args, 0, n)
+    return torch.from_numpy(terms)
+
+
+def head_gap(pt: torch.Tensor, ps: torch.Tensor, mu: float) -> torch.Tensor:
+    """(n,) sum of |p_t - p_s| over each row's teacher head; pt, ps: (n, V) CPU tensors."""
+    n = pt.shape[0]
+    gap = np.empty(n, dtype=np.float64)
+    parts = _parts(n)
+    if parts > 1:
+        _head_gap_parts(pt.numpy(), ps.numpy(), float(mu), gap, parts)
+    else:
+        _head_gap_range(pt.numpy(), ps.numpy(), float(mu), gap, 0, n)
+    return torch.from_numpy(gap).to(pt.dtype)
