@@ -36,7 +36,7 @@ where ``b = [p[g], 1 - p[g]]`` and ``phat`` renormalizes the non-target mass; ``
 sum of the non-target probabilities (no cancellation when ``p[g] -> 1``), with an exact log-space fallback
 for the rare rows where that sum underflows. AKL's head (the teacher's top tokens up to mass ``mu``) is a
 sort, which tensor ops do badly on CPU: there its sums, head search and gradient run fused per row in
-numba (:mod:`kdlm.akl_cpu`), after torch's log-softmaxes and exps; on a GPU it is all tensor ops.
+numba (:mod:`kdlm.kl_rows_cpu`), after torch's log-softmaxes and exps; on a GPU it is all tensor ops.
 
 Logits of ``-inf`` (e.g. padded vocabulary entries) are allowed: they are treated as ``-1e30`` (probability
 exactly 0, ``0 * log 0 = 0``). A divergence that is mathematically infinite (e.g. reverse KL where the
@@ -437,7 +437,23 @@ def _k_reverse(ls, lt, target, w, ws, out):
 
 
 def _k_jsd(ls, lt, target, w, ws, out):
-    """Both KLs from one pair of log-softmaxes: terms ``forward`` and ``reverse``."""
+    """Both KLs from one pair of log-softmaxes: terms ``forward`` and ``reverse``.
+
+    On CPU the sums and the gradient run fused per row (:func:`kdlm.kl_rows_cpu.mix_rows`).
+    """
+    n = len(target)
+    if ls.device.type == "cpu":
+        from kdlm.kl_rows_cpu import mix_rows
+
+        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
+        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
+        terms = mix_rows(ls, lt, ps, pt, None if w is None else (w["forward"], w["reverse"]), out).to(ls.dtype)
+        return {"forward": terms[:, 0], "reverse": terms[:, 1]}
+    return _k_jsd_tensor(ls, lt, target, w, ws, out)
+
+
+def _k_jsd_tensor(ls, lt, target, w, ws, out):
+    """The paper's "jsd" from tensor ops (any device; what runs on a GPU)."""
     n = len(target)
     pt = torch.exp(lt, out=ws("a", n))  # (n, V)
     ps = torch.exp(ls, out=ws("b", n))  # (n, V)
@@ -613,7 +629,7 @@ def _head_gap_sorted(pt: Tensor, ps: Tensor, mu: float) -> Tensor:
 
     The head is the prefix of the teacher's tokens sorted by descending probability (ties by column)
     whose cumulative probability is <= ``mu``, the top token always included, as in Wu et al.'s code.
-    On a GPU one sort per chunk is cheap; on CPU :func:`kdlm.akl_cpu.head_gap` finds the same head
+    On a GPU one sort per chunk is cheap; on CPU :func:`kdlm.kl_rows_cpu.head_gap` finds the same head
     without sorting the row.
 
     Args:
@@ -657,7 +673,7 @@ def _make_akl_tensor(mu: float) -> Kernel:
 def _make_akl(mu: float) -> Kernel:
     """w_head KL(p_t||p_s) + w_tail KL(p_s||p_t) per token, weights from head/tail gaps (constants).
 
-    On CPU the sums, the head search and the gradient run fused per row (:mod:`kdlm.akl_cpu`); torch
+    On CPU the sums, the head search and the gradient run fused per row (:mod:`kdlm.kl_rows_cpu`); torch
     takes the log-softmaxes and exps. Elsewhere :func:`_make_akl_tensor`'s tensor ops run.
     """
     on_device = _make_akl_tensor(mu)
@@ -665,7 +681,7 @@ def _make_akl(mu: float) -> Kernel:
     def kernel(ls, lt, target, w, ws, out):
         if ls.device.type != "cpu":
             return on_device(ls, lt, target, w, ws, out)
-        from kdlm.akl_cpu import akl_rows
+        from kdlm.kl_rows_cpu import akl_rows
 
         n = len(target)
         ps = torch.exp(ls, out=ws("b", n))  # (n, V)

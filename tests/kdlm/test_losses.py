@@ -480,7 +480,7 @@ def _sorted_head_gap(pt, ps, mu):
     return ((pt - ps).double().gather(1, order).abs() * head).sum(-1)
 
 
-HEAD_SEARCHES = ["kdlm.akl_cpu.head_gap", "kdlm.losses._head_gap_sorted"]
+HEAD_SEARCHES = ["kdlm.kl_rows_cpu.head_gap", "kdlm.losses._head_gap_sorted"]
 
 
 def _head_search(name):
@@ -528,14 +528,16 @@ def test_akl_head_gap_with_head_tokens_sharing_a_block_and_in_the_tail(V, search
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
-def test_akl_tensor_kernel_matches_reference(temperature):
-    # the tensor-op AKL that runs on GPUs (the CPU runs kdlm.akl_cpu), checked here on CPU tensors
-    from kdlm.losses import _make_akl_tensor, _run
+def test_tensor_kernels_match_reference(temperature):
+    # the tensor-op AKL and jsd that run on GPUs (the CPU runs kdlm.kl_rows_cpu), checked on CPU tensors
+    from kdlm.losses import _k_jsd_tensor, _make_akl_tensor, _run
 
     s, t, y = _batch(B=3, T=6, V=300)
-    for mu in (0.2, 0.5):
-        got = _run(s, t, y, _make_akl_tensor(mu), {"akl": 1.0}, temperature, 4)[0]
+    cases = [("akl", _make_akl_tensor(mu), {"akl": 1.0}, {"mu": mu}) for mu in (0.2, 0.5)]
+    cases += [("jsd", _k_jsd_tensor, {"forward": r, "reverse": 1.0 - r}, {"forward_ratio": r}) for r in (0.9, 0.3)]
+    for name, kernel, coef, hp in cases:
+        got = _run(s, t, y, kernel, coef, temperature, 4)[0]
         (g_got,) = torch.autograd.grad(got, s)
-        want, g_want = _value_and_grad(REFERENCE["akl"], s, t, y, temperature=temperature, mu=mu)
+        want, g_want = _value_and_grad(REFERENCE[name], s, t, y, temperature=temperature, **hp)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-12)
         torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-12)

@@ -1,21 +1,21 @@
-"""AKL's per-token work on CPU, fused row by row with numba.
+"""Forward/reverse KL mixtures on CPU, fused row by row with numba: AKL and the paper's "jsd".
 
-AKL (Wu et al. 2024, https://arxiv.org/abs/2404.02657) weighs forward and reverse KL by how far the
-student is from the teacher on the teacher's head tokens. Besides both KLs it needs, per token, the
-total gap sum |p_t - p_s| and the gap over the head, the teacher's top tokens whose cumulative
-probability is <= mu; the head is a sort, which element-wise tensor ops do badly on CPU (a full sort
-of a 50k-token row costs milliseconds, and a block-bounded search in numpy spends its time in a few
-dozen small calls). Here one compiled function per row makes two passes over the row's four
-log-probability / probability vectors while they sit in the core's cache: one for the sums and the
-head's candidates, one for the gradient. torch still takes the log-softmaxes and exps (its vectorized
+Both losses are per token w_f KL(p_t||p_s) + w_r KL(p_s||p_t): fixed weights for "jsd", and for AKL
+(Wu et al. 2024, https://arxiv.org/abs/2404.02657) weights from how far the student is from the teacher
+on the teacher's head tokens, its top tokens up to cumulative probability mu, against the total gap
+sum |p_t - p_s|. Element-wise tensor ops need a dozen passes over the vocabulary for the two KLs, the
+gaps and the gradient, and the head is a sort, which they do badly on CPU (a full sort of a 50k-token
+row costs milliseconds). Here one compiled function per row makes two passes over the row's four
+log-probability / probability vectors while they sit in the core's cache: one for the sums (and the
+head's candidates), one for the gradient. torch still takes the log-softmaxes and exps (its vectorized
 exp is much faster than numba's scalar one).
 
-The head search is exact. Columns are grouped into blocks of ``BLOCK`` consecutive columns and each
-block's maximum taken. The j-th largest probability is >= the j-th largest block maximum m_j (j
-distinct blocks each hold an entry >= m_j), so once m_1 + ... + m_j > mu the head has fewer than j
-tokens, all >= m_j: only the blocks whose maximum is >= m_j are scanned, and the entries >= m_j
-sorted. A row too flat for that bound (the block maxima sum to <= mu) gets its floor by bisection on
-the mass above a threshold instead (one vectorized pass per step).
+The head search is exact. Columns are grouped into ``BLOCK`` strided blocks (block b holds columns b,
+b + nb, b + 2 nb, ... with nb = V // BLOCK) and each block's maximum taken. The j-th largest probability
+is >= the j-th largest block maximum m_j (j distinct blocks each hold an entry >= m_j), so once
+m_1 + ... + m_j > mu the head has fewer than j tokens, all >= m_j: only the blocks whose maximum is
+>= m_j are scanned, and the entries >= m_j sorted. A row too flat for that bound (the block maxima sum
+to <= mu) gets its floor by bisection on the mass above a threshold instead (one pass per step).
 
 Rows are split over ``torch.get_num_threads()`` threads when numba's OpenMP layer shares torch's
 OpenMP runtime (see :func:`_parts`), else they run in the calling thread. Compiled code is cached on
@@ -36,7 +36,7 @@ from numba import njit, prange
 if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
-__all__ = ["BLOCK", "akl_rows", "head_gap"]
+__all__ = ["BLOCK", "akl_rows", "head_gap", "mix_rows"]
 
 BLOCK = 64  # columns per block of the head search's bound
 _SUMS = {"reassoc", "contract"}  # let sums be reordered so they vectorize; NaN and inf keep their meaning
@@ -184,6 +184,19 @@ def _akl_range(ls, lt, ps, pt, w, mu, want_grad, out, terms, lo, hi):  # pragma:
 
 
 @njit(nogil=True, cache=True)
+def _mix_range(ls, lt, ps, pt, wf, wr, want_grad, out, terms, lo, hi):  # pragma: no cover - compiled
+    """Rows lo..hi-1: terms[i] = (forward KL, reverse KL); out[i] = gradient of wf KL_f + wr KL_r."""
+    one = ls.dtype.type(1.0)
+    for i in range(lo, hi):
+        fkl, rkl, _ = _row_sums(ls[i], lt[i], ps[i], pt[i])
+        terms[i, 0] = fkl
+        terms[i, 1] = rkl
+        if want_grad:
+            cf, cr = wf[i], wr[i]
+            _row_grad(ls[i], lt[i], ps[i], pt[i], one * cr, one * (cf - cr * rkl), one * cf, out[i])
+
+
+@njit(nogil=True, cache=True)
 def _head_gap_range(pt, ps, mu, gap, lo, hi):  # pragma: no cover - compiled
     V = pt.shape[1]
     maxima = np.empty(V // BLOCK + 1, dtype=pt.dtype)
@@ -198,6 +211,13 @@ def _akl_parts(ls, lt, ps, pt, w, mu, want_grad, out, terms, parts):  # pragma: 
     n = ls.shape[0]
     for k in prange(parts):
         _akl_range(ls, lt, ps, pt, w, mu, want_grad, out, terms, (n * k) // parts, (n * (k + 1)) // parts)
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def _mix_parts(ls, lt, ps, pt, wf, wr, want_grad, out, terms, parts):  # pragma: no cover - compiled
+    n = ls.shape[0]
+    for k in prange(parts):
+        _mix_range(ls, lt, ps, pt, wf, wr, want_grad, out, terms, (n * k) // parts, (n * (k + 1)) // parts)
 
 
 @njit(nogil=True, cache=True, parallel=True)
@@ -264,6 +284,32 @@ def akl_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Ten
         _akl_parts(*args, parts)
     else:
         _akl_range(*args, 0, n)
+    return torch.from_numpy(terms)
+
+
+def mix_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Tensor,
+             w: tuple[torch.Tensor, torch.Tensor] | None, out: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """Forward and reverse KL per token and (if ``w`` is given) the gradient of their weighted sum.
+
+    Args:
+        ls, lt, ps, pt: as for :func:`akl_rows`.
+        w: ((n,), (n,)) weights of each token's forward and reverse KL in the loss, or None.
+        out: (n, V), the dtype of ``ls``: receives the gradient with respect to the student's scaled logits.
+
+    Returns:
+        (n, 2) float64: per token forward KL, reverse KL.
+    """
+    n = ls.shape[0]
+    terms = np.empty((n, 2), dtype=np.float64)
+    want = w is not None
+    wf, wr = (x.detach().to(torch.float64).contiguous().numpy() for x in w) if want else (np.zeros(0), np.zeros(0))
+    out_np = out.numpy() if want else np.zeros((0, 0), dtype=ls.numpy().dtype)
+    args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), wf, wr, want, out_np, terms)
+    parts = _parts(n)
+    if parts > 1:
+        _mix_parts(*args, parts)
+    else:
+        _mix_range(*args, 0, n)
     return torch.from_numpy(terms)
 
 
