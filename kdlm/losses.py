@@ -36,7 +36,7 @@ where ``b = [p[g], 1 - p[g]]`` and ``phat`` renormalizes the non-target mass; ``
 sum of the non-target probabilities (no cancellation when ``p[g] -> 1``), with an exact log-space fallback
 for the rare rows where that sum underflows. AKL's head (the teacher's top tokens up to mass ``mu``) is a
 sort, which tensor ops do badly on CPU: there its sums, head search and gradient run fused per row in
-numba (:mod:`kdlm.kl_rows_cpu`), after torch's log-softmaxes and exps; on a GPU it is all tensor ops.
+numba (:mod:`kdlm.cpu_rows.kl`), after torch's log-softmaxes and exps; on a GPU it is all tensor ops.
 
 Logits of ``-inf`` (e.g. padded vocabulary entries) are allowed: they are treated as ``-1e30`` (probability
 exactly 0, ``0 * log 0 = 0``). A divergence that is mathematically infinite (e.g. reverse KL where the
@@ -439,11 +439,11 @@ def _k_reverse(ls, lt, target, w, ws, out):
 def _k_jsd(ls, lt, target, w, ws, out):
     """Both KLs from one pair of log-softmaxes: terms ``forward`` and ``reverse``.
 
-    On CPU the sums and the gradient run fused per row (:func:`kdlm.kl_rows_cpu.mix_rows`).
+    On CPU the sums and the gradient run fused per row (:func:`kdlm.cpu_rows.kl.mix_rows`).
     """
     n = len(target)
     if ls.device.type == "cpu":
-        from kdlm.kl_rows_cpu import mix_rows
+        from kdlm.cpu_rows.kl import mix_rows
 
         ps = torch.exp(ls, out=ws("b", n))  # (n, V)
         pt = torch.exp(lt, out=ws("a", n))  # (n, V)
@@ -585,11 +585,25 @@ def _make_decoupled(setting: str) -> Kernel:
     """TCKD and NCKD per token (DKD / ATKD) from one log-softmax per model.
 
     ``vanilla``: TCKD = KL(b_t || b_s), NCKD = KL(phat_t || phat_s). ``reverse``: the same with student
-    and teacher swapped inside each KL. Weights ``w["tckd"]`` (a) and ``w["nckd"]`` (b) per token.
+    and teacher swapped inside each KL. Weights ``w["tckd"]`` (a) and ``w["nckd"]`` (b) per token. On
+    CPU the sums and the gradient run fused per row (:mod:`kdlm.cpu_rows.decoupled`); ``kernel.on_device``
+    is the tensor-op version that runs elsewhere.
     """
     reverse = setting == "reverse"
 
     def kernel(ls, lt, target, w, ws, out):
+        n = len(target)
+        if ls.device.type == "cpu":  # sums and gradient fused per row
+            from kdlm.cpu_rows.decoupled import decoupled_rows
+
+            ps = torch.exp(ls, out=ws("a", n))  # (n, V)
+            pt = torch.exp(lt, out=ws("b", n))  # (n, V)
+            wab = None if w is None else (w["tckd"], w["nckd"])
+            terms = decoupled_rows(ls, lt, ps, pt, target, reverse, wab, out).to(ls.dtype)  # (n, 2)
+            return {"tckd": terms[:, 0], "nckd": terms[:, 1]}
+        return on_device(ls, lt, target, w, ws, out)
+
+    def on_device(ls, lt, target, w, ws, out):
         n = len(target)
         tg = _col(target)  # (n, 1)
         lgs, lgt = ls.gather(1, tg).squeeze(1), lt.gather(1, tg).squeeze(1)  # (n,) log p[g]
@@ -621,6 +635,7 @@ def _make_decoupled(setting: str) -> Kernel:
             out.scatter_(1, tg, _col(g_tgt))  # (n, V) target entries
         return {"tckd": tckd, "nckd": nckd}
 
+    kernel.on_device = on_device
     return kernel
 
 
@@ -629,7 +644,7 @@ def _head_gap_sorted(pt: Tensor, ps: Tensor, mu: float) -> Tensor:
 
     The head is the prefix of the teacher's tokens sorted by descending probability (ties by column)
     whose cumulative probability is <= ``mu``, the top token always included, as in Wu et al.'s code.
-    On a GPU one sort per chunk is cheap; on CPU :func:`kdlm.kl_rows_cpu.head_gap` finds the same head
+    On a GPU one sort per chunk is cheap; on CPU :func:`kdlm.cpu_rows.kl.head_gap` finds the same head
     without sorting the row.
 
     Args:
@@ -673,7 +688,7 @@ def _make_akl_tensor(mu: float) -> Kernel:
 def _make_akl(mu: float) -> Kernel:
     """w_head KL(p_t||p_s) + w_tail KL(p_s||p_t) per token, weights from head/tail gaps (constants).
 
-    On CPU the sums, the head search and the gradient run fused per row (:mod:`kdlm.kl_rows_cpu`); torch
+    On CPU the sums, the head search and the gradient run fused per row (:mod:`kdlm.cpu_rows.kl`); torch
     takes the log-softmaxes and exps. Elsewhere :func:`_make_akl_tensor`'s tensor ops run.
     """
     on_device = _make_akl_tensor(mu)
@@ -681,7 +696,7 @@ def _make_akl(mu: float) -> Kernel:
     def kernel(ls, lt, target, w, ws, out):
         if ls.device.type != "cpu":
             return on_device(ls, lt, target, w, ws, out)
-        from kdlm.kl_rows_cpu import akl_rows
+        from kdlm.cpu_rows.kl import akl_rows
 
         n = len(target)
         ps = torch.exp(ls, out=ws("b", n))  # (n, V)

@@ -480,7 +480,7 @@ def _sorted_head_gap(pt, ps, mu):
     return ((pt - ps).double().gather(1, order).abs() * head).sum(-1)
 
 
-HEAD_SEARCHES = ["kdlm.kl_rows_cpu.head_gap", "kdlm.losses._head_gap_sorted"]
+HEAD_SEARCHES = ["kdlm.cpu_rows.kl.head_gap", "kdlm.losses._head_gap_sorted"]
 
 
 def _head_search(name):
@@ -529,15 +529,23 @@ def test_akl_head_gap_with_head_tokens_sharing_a_block_and_in_the_tail(V, search
 
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_tensor_kernels_match_reference(temperature):
-    # the tensor-op AKL and jsd that run on GPUs (the CPU runs kdlm.kl_rows_cpu), checked on CPU tensors
-    from kdlm.losses import _k_jsd_tensor, _make_akl_tensor, _run
+    # the tensor-op kernels that run on GPUs (the CPU runs kdlm.cpu_rows), checked on CPU tensors
+    from kdlm.losses import _k_jsd_tensor, _make_akl_tensor, _make_decoupled, _run
+    from kdlm.losses_reference import _prep, _tckd_nckd
+
+    def decoupled(s, t, y, temperature, reverse, alpha=0.7, beta=3.0):
+        s_, t_, mask, n = _prep(s, t, y, temperature)
+        tckd, nckd = _tckd_nckd(s_, t_, y, reverse=reverse)
+        return ((alpha * tckd + beta * nckd) * mask).sum() / n
 
     s, t, y = _batch(B=3, T=6, V=300)
-    cases = [("akl", _make_akl_tensor(mu), {"akl": 1.0}, {"mu": mu}) for mu in (0.2, 0.5)]
-    cases += [("jsd", _k_jsd_tensor, {"forward": r, "reverse": 1.0 - r}, {"forward_ratio": r}) for r in (0.9, 0.3)]
-    for name, kernel, coef, hp in cases:
+    cases = [(_make_akl_tensor(mu), {"akl": 1.0}, REFERENCE["akl"], {"mu": mu}) for mu in (0.2, 0.5)]
+    cases += [(_k_jsd_tensor, {"forward": r, "reverse": 1.0 - r}, REFERENCE["jsd"], {"forward_ratio": r}) for r in (0.9, 0.3)]
+    cases += [(_make_decoupled(setting).on_device, {"tckd": 0.7, "nckd": 3.0}, decoupled, {"reverse": setting == "reverse"})
+              for setting in ("vanilla", "reverse")]  # fmt: skip
+    for kernel, coef, reference, hp in cases:
         got = _run(s, t, y, kernel, coef, temperature, 4)[0]
         (g_got,) = torch.autograd.grad(got, s)
-        want, g_want = _value_and_grad(REFERENCE[name], s, t, y, temperature=temperature, **hp)
+        want, g_want = _value_and_grad(reference, s, t, y, temperature=temperature, **hp)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-12)
         torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-12)

@@ -17,24 +17,15 @@ m_1 + ... + m_j > mu the head has fewer than j tokens, all >= m_j: only the bloc
 >= m_j are scanned, and the entries >= m_j sorted. A row too flat for that bound (the block maxima sum
 to <= mu) gets its floor by bisection on the mass above a threshold instead (one pass per step).
 
-Rows are split over ``torch.get_num_threads()`` threads when numba's OpenMP layer shares torch's
-OpenMP runtime (see :func:`_parts`), else they run in the calling thread. Compiled code is cached on
-disk by numba (first call in a fresh environment: some seconds).
 """
 
 from __future__ import annotations
 
-import os
-
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
-# Prefer numba's OpenMP layer (see _parts) unless the user chose a layer; numba reads this on its first
-# parallel launch and falls back to the next layer if OpenMP cannot be loaded.
-if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+from kdlm.cpu_rows import parts_for
 
 __all__ = ["BLOCK", "akl_rows", "head_gap", "mix_rows"]
 
@@ -227,38 +218,6 @@ def _head_gap_parts(pt, ps, mu, gap, parts):  # pragma: no cover - compiled
         _head_gap_range(pt, ps, mu, gap, (n * k) // parts, (n * (k + 1)) // parts)
 
 
-@njit(cache=True, parallel=True)
-def _probe(x):  # pragma: no cover - compiled
-    for i in prange(x.shape[0]):
-        x[i] = i
-
-
-_layer_checked: bool | None = None  # whether rows may run on several threads; decided on first use
-
-
-def _parts(n: int) -> int:
-    """How many row ranges to run at once: torch's thread count where that is cheap, else 1.
-
-    numba's OpenMP threading layer uses the OpenMP runtime torch has already loaded, so its parallel
-    loop runs on torch's worker threads, which are still spinning from the last torch op. Any other
-    layer would start threads of its own to compete with those spinning workers (measured here: slower
-    than one thread), so then the rows run in the calling thread.
-    """
-    global _layer_checked
-    if _layer_checked is None:
-        _layer_checked = False
-        try:
-            _probe(np.empty(2))  # starts numba's threading layer
-            _layer_checked = numba.threading_layer() == "omp"
-        except Exception:  # no threading layer could be loaded: rows run in the calling thread
-            _layer_checked = False
-    if not _layer_checked:
-        return 1
-    parts = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, n))
-    numba.set_num_threads(parts)
-    return parts
-
-
 def akl_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Tensor, mu: float,
              w: torch.Tensor | None, out: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
     """AKL's per-token terms and (if ``w`` is given) its gradient, for one chunk of rows.
@@ -279,7 +238,7 @@ def akl_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Ten
     w_np = w.detach().to(torch.float64).contiguous().numpy() if want else np.zeros(0)
     out_np = out.numpy() if want else np.zeros((0, 0), dtype=ls.numpy().dtype)
     args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), w_np, float(mu), want, out_np, terms)
-    parts = _parts(n)
+    parts = parts_for(n)
     if parts > 1:
         _akl_parts(*args, parts)
     else:
@@ -305,7 +264,7 @@ def mix_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Ten
     wf, wr = (x.detach().to(torch.float64).contiguous().numpy() for x in w) if want else (np.zeros(0), np.zeros(0))
     out_np = out.numpy() if want else np.zeros((0, 0), dtype=ls.numpy().dtype)
     args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), wf, wr, want, out_np, terms)
-    parts = _parts(n)
+    parts = parts_for(n)
     if parts > 1:
         _mix_parts(*args, parts)
     else:
@@ -317,7 +276,7 @@ def head_gap(pt: torch.Tensor, ps: torch.Tensor, mu: float) -> torch.Tensor:
     """(n,) sum of |p_t - p_s| over each row's teacher head; pt, ps: (n, V) CPU tensors."""
     n = pt.shape[0]
     gap = np.empty(n, dtype=np.float64)
-    parts = _parts(n)
+    parts = parts_for(n)
     if parts > 1:
         _head_gap_parts(pt.numpy(), ps.numpy(), float(mu), gap, parts)
     else:

@@ -1,0 +1,64 @@
+"""Per-row CPU kernels of the KD losses, compiled with numba.
+
+On CPU, :mod:`kdlm.losses` takes each chunk's log-softmaxes and exps with torch (its vectorized exp and
+log are much faster than numba's scalar ones) and hands the rest of a loss, the sums over the
+vocabulary and the gradient, to one compiled function per row. That function makes two passes over the
+row's log-probability and probability vectors while they sit in the core's cache, where element-wise
+tensor ops make a dozen passes over chunk-sized buffers. On a GPU the tensor-op kernels of
+:mod:`kdlm.losses` run instead.
+
+- :mod:`kdlm.cpu_rows.kl`: forward/reverse KL mixtures: AKL (with its exact head search) and "jsd".
+- :mod:`kdlm.cpu_rows.decoupled`: TCKD and NCKD: DKD and ATKD.
+
+Rows are split over ``torch.get_num_threads()`` threads when numba's OpenMP layer shares torch's
+OpenMP runtime (:func:`parts_for`), else they run in the calling thread. Compiled code is cached on
+disk by numba (the first call in a fresh environment compiles, for some seconds).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+__all__ = ["parts_for"]
+
+# Prefer numba's OpenMP layer (see parts_for) unless the user chose a layer; numba reads this on its
+# first parallel launch and falls back to the next layer if OpenMP cannot be loaded.
+if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+
+@njit(cache=True, parallel=True)
+def _probe(x):  # pragma: no cover - compiled
+    for i in prange(x.shape[0]):
+        x[i] = i
+
+
+_omp: bool | None = None  # whether rows may run on several threads; decided on first use
+
+
+def parts_for(n: int) -> int:
+    """How many row ranges of a chunk of ``n`` rows to run at once: torch's thread count, or 1.
+
+    numba's OpenMP threading layer uses the OpenMP runtime torch has already loaded, so its parallel
+    loop runs on torch's worker threads, which are still spinning from the last torch op. Any other
+    layer would start threads of its own to compete with those spinning workers (measured: slower than
+    one thread), so then the rows run in the calling thread.
+    """
+    global _omp
+    if _omp is None:
+        _omp = False
+        try:
+            _probe(np.empty(2))  # starts numba's threading layer
+            _omp = numba.threading_layer() == "omp"
+        except Exception:  # no threading layer could be loaded: rows run in the calling thread
+            _omp = False
+    if not _omp:
+        return 1
+    parts = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, n))
+    numba.set_num_threads(parts)
+    return parts
