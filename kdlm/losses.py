@@ -34,9 +34,13 @@ O(chunk_size x V). DKD and ATKD use the decoupling identity (DESIGN.md, "Losses:
 
 where ``b = [p[g], 1 - p[g]]`` and ``phat`` renormalizes the non-target mass; ``1 - p[g]`` is taken as the
 sum of the non-target probabilities (no cancellation when ``p[g] -> 1``), with an exact log-space fallback
-for the rare rows where that sum underflows. AKL's head (the teacher's top tokens up to mass ``mu``) is a
-sort, which tensor ops do badly on CPU: there its sums, head search and gradient run fused per row in
-numba (:mod:`kdlm.cpu_rows.kl`), after torch's log-softmaxes and exps; on a GPU it is all tensor ops.
+for the rare rows where that sum underflows.
+
+On CPU, jsd, gjsd, skl, srkl, dkd, atkd and akl hand each chunk, after torch's log-softmaxes and exps
+(and the mixture's log), to per-row functions compiled with numba (:mod:`kdlm.cpu_rows`) that make the
+sums and the gradient in two passes over cache-resident rows instead of a dozen tensor passes; AKL's
+head (the teacher's top tokens up to mass ``mu``, a sort) is found there without sorting the row. On
+other devices the same kernels run as tensor ops (``kernel.on_device``).
 
 Logits of ``-inf`` (e.g. padded vocabulary entries) are allowed: they are treated as ``-1e30`` (probability
 exactly 0, ``0 * log 0 = 0``). A divergence that is mathematically infinite (e.g. reverse KL where the
@@ -184,6 +188,8 @@ class _Workspace:
 #   out: (n, V) where to write the gradient of sum_k sum_i w[k][i] * terms[k][i] with respect to the
 #        student's *scaled* logits (None when w is None).
 # It returns terms: a name -> (n,) per-token values.
+# A kernel whose CPU path is fused per row (kdlm.cpu_rows) keeps its tensor-op version, the one that runs
+# on other devices, as ``kernel.on_device``.
 Kernel = Callable[
     [Tensor, Tensor | None, Tensor, dict[str, Tensor] | None, _Workspace, Tensor | None], dict[str, Tensor]
 ]
@@ -468,6 +474,9 @@ def _k_jsd_tensor(ls, lt, target, w, ws, out):
     return {"forward": fkl, "reverse": rkl}
 
 
+_k_jsd.on_device = _k_jsd_tensor
+
+
 def _log_mix_p(la: Tensor, lb: Tensor, pa: Tensor, pb: Tensor, a: float, out: Tensor) -> Tensor:
     """log(a * p_a + (1 - a) * p_b) into ``out`` from both log-probabilities and probabilities.
 
@@ -488,6 +497,26 @@ def _log_mix_p(la: Tensor, lb: Tensor, pa: Tensor, pb: Tensor, a: float, out: Te
     return out
 
 
+def _with_cpu_rows(on_device: Kernel, kind: str, term: str, a: float, mix_first: bool) -> Kernel:
+    """A mixture divergence: on CPU its sums and gradient fused per row (:mod:`kdlm.cpu_rows.skew`), after
+    torch's exps and log m; elsewhere ``on_device``'s tensor ops. ``mix_first``: m weighs p_t by ``a``."""
+
+    def kernel(ls, lt, target, w, ws, out):
+        if ls.device.type != "cpu":
+            return on_device(ls, lt, target, w, ws, out)
+        from kdlm.cpu_rows import skew
+
+        n = len(target)
+        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
+        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
+        lm = _log_mix_p(lt, ls, pt, ps, a, ws("c", n)) if mix_first else _log_mix_p(ls, lt, ps, pt, a, ws("c", n))  # (n, V)
+        wt = None if w is None else w[term]
+        return {term: skew.skew_rows(getattr(skew, kind), ls, lt, ps, pt, lm, a, wt, out).to(ls.dtype)}
+
+    kernel.on_device = on_device
+    return kernel
+
+
 def _make_gjsd(beta: float) -> Kernel:
     def kernel(ls, lt, target, w, ws, out):
         """beta KL(p_t||m) + (1-beta) KL(p_s||m), m = beta p_t + (1-beta) p_s.
@@ -505,7 +534,7 @@ def _make_gjsd(beta: float) -> Kernel:
             torch.mul(f.sub_(_col(ks)), ps.mul_(_col(w["gjsd"]) * (1.0 - beta)), out=out)  # (n, V)
         return {"gjsd": beta * kt + (1.0 - beta) * ks}
 
-    return kernel
+    return _with_cpu_rows(kernel, "GJSD", "gjsd", beta, mix_first=True)
 
 
 def _k_tvd(ls, lt, target, w, ws, out):
@@ -535,7 +564,7 @@ def _make_skl(alpha: float) -> Kernel:
             torch.mul(r.sub_(_col(dot)), ps.mul_(_col(w["skl"]) * -(1.0 - alpha)), out=out)  # (n, V)
         return {"skl": kl}
 
-    return kernel
+    return _with_cpu_rows(kernel, "SKL", "skl", alpha, mix_first=True)
 
 
 def _make_srkl(alpha: float) -> Kernel:
@@ -553,7 +582,7 @@ def _make_srkl(alpha: float) -> Kernel:
             torch.mul(f.sub_(_col(dot)), ps.mul_(_col(w["srkl"])), out=out)  # (n, V)
         return {"srkl": kl}
 
-    return kernel
+    return _with_cpu_rows(kernel, "SRKL", "srkl", alpha, mix_first=False)
 
 
 def _log1m_sum(logp: Tensor, p: Tensor, target: Tensor) -> Tensor:
@@ -704,6 +733,7 @@ def _make_akl(mu: float) -> Kernel:
         terms = akl_rows(ls, lt, ps, pt, mu, None if w is None else w["akl"], out).to(ls.dtype)  # (n, 6)
         return {"akl": terms[:, 0], "head_weight": terms[:, 1]}
 
+    kernel.on_device = on_device
     return kernel
 
 

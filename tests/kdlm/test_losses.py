@@ -529,8 +529,16 @@ def test_akl_head_gap_with_head_tokens_sharing_a_block_and_in_the_tail(V, search
 
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_tensor_kernels_match_reference(temperature):
-    # the tensor-op kernels that run on GPUs (the CPU runs kdlm.cpu_rows), checked on CPU tensors
-    from kdlm.losses import _k_jsd_tensor, _make_akl_tensor, _make_decoupled, _run
+    # each kernel's tensor-op version (.on_device: what runs on GPUs; the CPU runs kdlm.cpu_rows), on CPU tensors
+    from kdlm.losses import (
+        _k_jsd,
+        _make_akl,
+        _make_decoupled,
+        _make_gjsd,
+        _make_skl,
+        _make_srkl,
+        _run,
+    )
     from kdlm.losses_reference import _prep, _tckd_nckd
 
     def decoupled(s, t, y, temperature, reverse, alpha=0.7, beta=3.0):
@@ -539,10 +547,13 @@ def test_tensor_kernels_match_reference(temperature):
         return ((alpha * tckd + beta * nckd) * mask).sum() / n
 
     s, t, y = _batch(B=3, T=6, V=300)
-    cases = [(_make_akl_tensor(mu), {"akl": 1.0}, REFERENCE["akl"], {"mu": mu}) for mu in (0.2, 0.5)]
-    cases += [(_k_jsd_tensor, {"forward": r, "reverse": 1.0 - r}, REFERENCE["jsd"], {"forward_ratio": r}) for r in (0.9, 0.3)]
+    cases = [(_make_akl(mu).on_device, {"akl": 1.0}, REFERENCE["akl"], {"mu": mu}) for mu in (0.2, 0.5)]
+    cases += [(_k_jsd.on_device, {"forward": r, "reverse": 1.0 - r}, REFERENCE["jsd"], {"forward_ratio": r}) for r in (0.9, 0.3)]
     cases += [(_make_decoupled(setting).on_device, {"tckd": 0.7, "nckd": 3.0}, decoupled, {"reverse": setting == "reverse"})
               for setting in ("vanilla", "reverse")]  # fmt: skip
+    cases += [(_make_gjsd(b).on_device, {"gjsd": 1.0}, REFERENCE["gjsd"], {"beta": b}) for b in (0.1, 0.5)]
+    cases += [(make(a).on_device, {name: 1.0}, REFERENCE[name], {"alpha": a})
+              for name, make in (("skl", _make_skl), ("srkl", _make_srkl)) for a in (0.1, 0.5)]  # fmt: skip
     for kernel, coef, reference, hp in cases:
         got = _run(s, t, y, kernel, coef, temperature, 4)[0]
         (g_got,) = torch.autograd.grad(got, s)
