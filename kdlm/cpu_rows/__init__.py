@@ -43,6 +43,7 @@ def _probe(x):  # pragma: no cover - compiled
 
 
 _omp: bool | None = None  # whether rows may run on several threads; decided on first use
+_omp_pid = 0  # the process that decided: a forked child must not launch GNU OpenMP work (numba aborts it)
 
 
 def parts_for(n: int) -> int:
@@ -51,17 +52,18 @@ def parts_for(n: int) -> int:
     numba's OpenMP threading layer uses the OpenMP runtime torch has already loaded, so its parallel
     loop runs on torch's worker threads, which are still spinning from the last torch op. Any other
     layer would start threads of its own to compete with those spinning workers (measured: slower than
-    one thread), so then the rows run in the calling thread.
+    one thread), so then the rows run in the calling thread. So they do in a process forked from one
+    that used the OpenMP layer (GNU OpenMP is not fork-safe; numba would terminate the child).
     """
-    global _omp
+    global _omp, _omp_pid
     if _omp is None:
-        _omp = False
+        _omp, _omp_pid = False, os.getpid()
         try:
             _probe(np.empty(2))  # starts numba's threading layer
             _omp = numba.threading_layer() == "omp"
         except Exception:  # no threading layer could be loaded: rows run in the calling thread
             _omp = False
-    if not _omp:
+    if not _omp or os.getpid() != _omp_pid:
         return 1
     parts = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, n))
     numba.set_num_threads(parts)
