@@ -36,7 +36,7 @@ where ``b = [p[g], 1 - p[g]]`` and ``phat`` renormalizes the non-target mass; ``
 sum of the non-target probabilities (no cancellation when ``p[g] -> 1``), with an exact log-space fallback
 for the rare rows where that sum underflows.
 
-On CPU, jsd, gjsd, skl, srkl, dkd, atkd and akl hand each chunk, after torch's log-softmaxes and exps
+On CPU, jsd, gjsd, tvd, skl, srkl, dkd, atkd and akl hand each chunk, after torch's log-softmaxes and exps
 (and the mixture's log), to per-row functions compiled with numba (:mod:`kdlm.cpu_rows`) that make the
 sums and the gradient in two passes over cache-resident rows instead of a dozen tensor passes; AKL's
 head (the teacher's top tokens up to mass ``mu``, a sort) is found there without sorting the row. On
@@ -538,7 +538,19 @@ def _make_gjsd(beta: float) -> Kernel:
 
 
 def _k_tvd(ls, lt, target, w, ws, out):
-    """0.5 sum |p_s - p_t|; d/dz_s = 0.5 p_s (s - <p_s, s>), s = sign(p_s - p_t)."""
+    """0.5 sum |p_s - p_t|; d/dz_s = 0.5 p_s (s - <p_s, s>), s = sign(p_s - p_t).
+
+    On CPU the sums and the gradient run fused per row (:func:`kdlm.cpu_rows.kl.tvd_rows`).
+    """
+    if ls.device.type == "cpu":
+        from kdlm.cpu_rows.kl import tvd_rows
+
+        return {"tvd": tvd_rows(ls.exp_(), lt.exp_(), None if w is None else w["tvd"], out).to(ls.dtype)}
+    return _k_tvd_tensor(ls, lt, target, w, ws, out)
+
+
+def _k_tvd_tensor(ls, lt, target, w, ws, out):
+    """Total variation from tensor ops (any device; what runs on a GPU)."""
     ps = ls.exp_()  # (n, V)
     diff = lt.exp_().sub_(ps)  # (n, V) p_t - p_s
     tv = 0.5 * torch.linalg.vector_norm(diff, ord=1, dim=-1)  # (n,)
@@ -547,6 +559,9 @@ def _k_tvd(ls, lt, target, w, ws, out):
         dot = torch.mul(ps, sgn, out=ws("a", len(target))).sum(-1)  # (n,)
         torch.mul(sgn.sub_(_col(dot)), ps.mul_(_col(w["tvd"]) * -0.5), out=out)  # (n, V)
     return {"tvd": tv}
+
+
+_k_tvd.on_device = _k_tvd_tensor
 
 
 def _make_skl(alpha: float) -> Kernel:

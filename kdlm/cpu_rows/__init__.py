@@ -7,12 +7,13 @@ row's log-probability and probability vectors while they sit in the core's cache
 tensor ops make a dozen passes over chunk-sized buffers. On a GPU the tensor-op kernels of
 :mod:`kdlm.losses` run instead.
 
-- :mod:`kdlm.cpu_rows.kl`: forward/reverse KL mixtures: AKL (with its exact head search) and "jsd".
+- :mod:`kdlm.cpu_rows.kl`: forward/reverse KL mixtures and gaps: AKL (with its exact head search),
+  "jsd", and the total variation distance.
 - :mod:`kdlm.cpu_rows.decoupled`: TCKD and NCKD: DKD and ATKD.
 - :mod:`kdlm.cpu_rows.skew`: KL to a mixture: generalized JSD, skew KL, skew reverse KL (torch takes
   the log of the mixture).
 
-forward, reverse, tvd and sft stay tensor ops on CPU too: few passes, already close to the floor.
+forward, reverse and sft stay tensor ops on CPU too: few passes, already close to the floor.
 
 Rows are split over ``torch.get_num_threads()`` threads when numba's OpenMP layer shares torch's
 OpenMP runtime (:func:`parts_for`), else they run in the calling thread. Compiled code is cached on

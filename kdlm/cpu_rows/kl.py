@@ -1,4 +1,5 @@
-"""Forward/reverse KL mixtures on CPU, fused row by row with numba: AKL and the paper's "jsd".
+"""Forward/reverse KL mixtures and probability gaps on CPU, fused row by row with numba: AKL, the
+paper's "jsd" and the total variation distance.
 
 Both losses are per token w_f KL(p_t||p_s) + w_r KL(p_s||p_t): fixed weights for "jsd", and for AKL
 (Wu et al. 2024, https://arxiv.org/abs/2404.02657) weights from how far the student is from the teacher
@@ -27,7 +28,7 @@ from numba import njit, prange
 
 from kdlm.cpu_rows import parts_for
 
-__all__ = ["BLOCK", "akl_rows", "head_gap", "mix_rows"]
+__all__ = ["BLOCK", "akl_rows", "head_gap", "mix_rows", "tvd_rows"]
 
 BLOCK = 64  # columns per block of the head search's bound
 _SUMS = {"reassoc", "contract"}  # let sums be reordered so they vectorize; NaN and inf keep their meaning
@@ -187,6 +188,30 @@ def _mix_range(ls, lt, ps, pt, wf, wr, want_grad, out, terms, lo, hi):  # pragma
             _row_grad(ls[i], lt[i], ps[i], pt[i], one * cr, one * (cf - cr * rkl), one * cf, out[i])
 
 
+@njit(nogil=True, cache=True, fastmath=_SUMS)
+def _tvd_range(ps, pt, w, want_grad, out, terms, lo, hi):  # pragma: no cover - compiled
+    """Rows lo..hi-1: terms[i] = 0.5 sum |p_t - p_s|; out[i] = -0.5 w p_s (sign(p_t - p_s) - <p_s, sign>)."""
+    for i in range(lo, hi):
+        gap = 0.0
+        dot = 0.0
+        for v in range(ps.shape[1]):
+            e = np.float64(pt[i, v]) - np.float64(ps[i, v])
+            gap += abs(e)
+            dot += ps[i, v] * np.sign(e)
+        terms[i] = 0.5 * gap
+        if want_grad:
+            c = -0.5 * w[i]
+            for v in range(ps.shape[1]):
+                out[i, v] = c * ps[i, v] * (np.sign(np.float64(pt[i, v]) - np.float64(ps[i, v])) - dot)
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def _tvd_parts(ps, pt, w, want_grad, out, terms, parts):  # pragma: no cover - compiled
+    n = ps.shape[0]
+    for k in prange(parts):
+        _tvd_range(ps, pt, w, want_grad, out, terms, (n * k) // parts, (n * (k + 1)) // parts)
+
+
 @njit(nogil=True, cache=True)
 def _head_gap_range(pt, ps, mu, gap, lo, hi):  # pragma: no cover - compiled
     V = pt.shape[1]
@@ -269,6 +294,31 @@ def mix_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Ten
         _mix_parts(*args, parts)
     else:
         _mix_range(*args, 0, n)
+    return torch.from_numpy(terms)
+
+
+def tvd_rows(ps: torch.Tensor, pt: torch.Tensor, w: torch.Tensor | None, out: torch.Tensor | None) -> torch.Tensor:
+    """Total variation per token and (if ``w`` is given) the gradient of its weighted sum.
+
+    Args:
+        ps, pt: (n, V) student / teacher probabilities, CPU tensors of one float dtype.
+        w: (n,) weight of each token in the loss, or None. out: (n, V), the dtype of ``ps``: the gradient
+            with respect to the student's scaled logits.
+
+    Returns:
+        (n,) float64: 0.5 sum |p_t - p_s| per token.
+    """
+    n = ps.shape[0]
+    terms = np.empty(n, dtype=np.float64)
+    want = w is not None
+    w_np = w.detach().to(torch.float64).contiguous().numpy() if want else np.zeros(0)
+    out_np = out.numpy() if want else np.zeros((0, 0), dtype=ps.numpy().dtype)
+    args = (ps.numpy(), pt.numpy(), w_np, want, out_np, terms)
+    parts = parts_for(n)
+    if parts > 1:
+        _tvd_parts(*args, parts)
+    else:
+        _tvd_range(*args, 0, n)
     return torch.from_numpy(terms)
 
 

@@ -532,6 +532,7 @@ def test_tensor_kernels_match_reference(temperature):
     # each kernel's tensor-op version (.on_device: what runs on GPUs; the CPU runs kdlm.cpu_rows), on CPU tensors
     from kdlm.losses import (
         _k_jsd,
+        _k_tvd,
         _make_akl,
         _make_decoupled,
         _make_gjsd,
@@ -551,6 +552,7 @@ def test_tensor_kernels_match_reference(temperature):
     cases += [(_k_jsd.on_device, {"forward": r, "reverse": 1.0 - r}, REFERENCE["jsd"], {"forward_ratio": r}) for r in (0.9, 0.3)]
     cases += [(_make_decoupled(setting).on_device, {"tckd": 0.7, "nckd": 3.0}, decoupled, {"reverse": setting == "reverse"})
               for setting in ("vanilla", "reverse")]  # fmt: skip
+    cases += [(_k_tvd.on_device, {"tvd": 1.0}, REFERENCE["tvd"], {})]
     cases += [(_make_gjsd(b).on_device, {"gjsd": 1.0}, REFERENCE["gjsd"], {"beta": b}) for b in (0.1, 0.5)]
     cases += [(make(a).on_device, {name: 1.0}, REFERENCE[name], {"alpha": a})
               for name, make in (("skl", _make_skl), ("srkl", _make_srkl)) for a in (0.1, 0.5)]  # fmt: skip
