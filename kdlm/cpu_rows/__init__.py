@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-__all__ = ["parts_for"]
+__all__ = ["as_weights", "grad_rows", "parts_for", "run_rows"]
 
 # Prefer numba's OpenMP layer (see parts_for) unless the user chose a layer; numba reads this on its
 # first parallel launch and falls back to the next layer if OpenMP cannot be loaded.
@@ -69,3 +69,22 @@ def parts_for(n: int) -> int:
     parts = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, n))
     numba.set_num_threads(parts)
     return parts
+
+
+def as_weights(w: torch.Tensor | None) -> np.ndarray:
+    """(n,) per-token loss weights as float64 numpy (empty when no gradient is wanted)."""
+    return np.zeros(0) if w is None else w.detach().to(torch.float64).contiguous().numpy()
+
+
+def grad_rows(out: torch.Tensor | None, like: torch.Tensor) -> np.ndarray:
+    """The gradient rows as numpy, or a (1, 1) placeholder of ``like``'s dtype when none is wanted."""
+    return np.zeros((1, 1), dtype=like.numpy().dtype) if out is None else out.numpy()
+
+
+def run_rows(serial, parallel, n: int, *args) -> None:
+    """``serial(*args, 0, n)``, or ``parallel(*args, parts)`` over :func:`parts_for` row ranges."""
+    parts = parts_for(n)
+    if parts > 1:
+        parallel(*args, parts)
+    else:
+        serial(*args, 0, n)

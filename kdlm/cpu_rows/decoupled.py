@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kdlm.cpu_rows import parts_for
+from kdlm.cpu_rows import as_weights, grad_rows, run_rows
 
 __all__ = ["decoupled_rows"]
 
@@ -171,17 +171,10 @@ def decoupled_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: tor
     Returns:
         (n, 2) float64: per token TCKD, NCKD.
     """
-    n = ls.shape[0]
-    terms = np.empty((n, 2), dtype=np.float64)
-    want = w is not None
-    wa, wb = (x.detach().to(torch.float64).contiguous().numpy() for x in w) if want else (np.zeros(0), np.zeros(0))
-    out_np = out.numpy() if want else np.zeros((0, 0), dtype=ls.numpy().dtype)
+    terms = np.empty((ls.shape[0], 2), dtype=np.float64)
+    wa, wb = (None, None) if w is None else w
     tiny = float(torch.finfo(ls.dtype).tiny) ** 0.5  # as the tensor-op kernel: below it, log space
-    tgt = target.contiguous().numpy()
-    args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), tgt, wa, wb, bool(reverse), tiny, want, out_np, terms)
-    parts = parts_for(n)
-    if parts > 1:
-        _decoupled_parts(*args, parts)
-    else:
-        _decoupled_range(*args, 0, n)
+    args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), target.contiguous().numpy(), as_weights(wa), as_weights(wb))
+    run_rows(_decoupled_range, _decoupled_parts, ls.shape[0], *args, bool(reverse), tiny, w is not None,
+             grad_rows(out, ls), terms)  # fmt: skip
     return torch.from_numpy(terms)

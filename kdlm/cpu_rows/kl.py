@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kdlm.cpu_rows import parts_for
+from kdlm.cpu_rows import as_weights, grad_rows, run_rows
 
 __all__ = ["BLOCK", "akl_rows", "head_gap", "mix_rows", "tvd_rows"]
 
@@ -257,17 +257,9 @@ def akl_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Ten
     Returns:
         (n, 6) float64: per token AKL, head weight, forward KL, reverse KL, total gap, head gap.
     """
-    n = ls.shape[0]
-    terms = np.empty((n, 6), dtype=np.float64)
-    want = w is not None
-    w_np = w.detach().to(torch.float64).contiguous().numpy() if want else np.zeros(0)
-    out_np = out.numpy() if want else np.zeros((0, 0), dtype=ls.numpy().dtype)
-    args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), w_np, float(mu), want, out_np, terms)
-    parts = parts_for(n)
-    if parts > 1:
-        _akl_parts(*args, parts)
-    else:
-        _akl_range(*args, 0, n)
+    terms = np.empty((ls.shape[0], 6), dtype=np.float64)
+    args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), as_weights(w), float(mu), w is not None, grad_rows(out, ls))
+    run_rows(_akl_range, _akl_parts, ls.shape[0], *args, terms)
     return torch.from_numpy(terms)
 
 
@@ -283,17 +275,10 @@ def mix_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Ten
     Returns:
         (n, 2) float64: per token forward KL, reverse KL.
     """
-    n = ls.shape[0]
-    terms = np.empty((n, 2), dtype=np.float64)
-    want = w is not None
-    wf, wr = (x.detach().to(torch.float64).contiguous().numpy() for x in w) if want else (np.zeros(0), np.zeros(0))
-    out_np = out.numpy() if want else np.zeros((0, 0), dtype=ls.numpy().dtype)
-    args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), wf, wr, want, out_np, terms)
-    parts = parts_for(n)
-    if parts > 1:
-        _mix_parts(*args, parts)
-    else:
-        _mix_range(*args, 0, n)
+    terms = np.empty((ls.shape[0], 2), dtype=np.float64)
+    wf, wr = (None, None) if w is None else w
+    args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), as_weights(wf), as_weights(wr), w is not None)
+    run_rows(_mix_range, _mix_parts, ls.shape[0], *args, grad_rows(out, ls), terms)
     return torch.from_numpy(terms)
 
 
@@ -308,27 +293,14 @@ def tvd_rows(ps: torch.Tensor, pt: torch.Tensor, w: torch.Tensor | None, out: to
     Returns:
         (n,) float64: 0.5 sum |p_t - p_s| per token.
     """
-    n = ps.shape[0]
-    terms = np.empty(n, dtype=np.float64)
-    want = w is not None
-    w_np = w.detach().to(torch.float64).contiguous().numpy() if want else np.zeros(0)
-    out_np = out.numpy() if want else np.zeros((0, 0), dtype=ps.numpy().dtype)
-    args = (ps.numpy(), pt.numpy(), w_np, want, out_np, terms)
-    parts = parts_for(n)
-    if parts > 1:
-        _tvd_parts(*args, parts)
-    else:
-        _tvd_range(*args, 0, n)
+    terms = np.empty(ps.shape[0], dtype=np.float64)
+    run_rows(_tvd_range, _tvd_parts, ps.shape[0], ps.numpy(), pt.numpy(), as_weights(w), w is not None,
+             grad_rows(out, ps), terms)  # fmt: skip
     return torch.from_numpy(terms)
 
 
 def head_gap(pt: torch.Tensor, ps: torch.Tensor, mu: float) -> torch.Tensor:
     """(n,) sum of |p_t - p_s| over each row's teacher head; pt, ps: (n, V) CPU tensors."""
-    n = pt.shape[0]
-    gap = np.empty(n, dtype=np.float64)
-    parts = parts_for(n)
-    if parts > 1:
-        _head_gap_parts(pt.numpy(), ps.numpy(), float(mu), gap, parts)
-    else:
-        _head_gap_range(pt.numpy(), ps.numpy(), float(mu), gap, 0, n)
+    gap = np.empty(pt.shape[0], dtype=np.float64)
+    run_rows(_head_gap_range, _head_gap_parts, pt.shape[0], pt.numpy(), ps.numpy(), float(mu), gap)
     return torch.from_numpy(gap).to(pt.dtype)

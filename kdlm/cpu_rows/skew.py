@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kdlm.cpu_rows import parts_for
+from kdlm.cpu_rows import as_weights, grad_rows, run_rows
 
 __all__ = ["GJSD", "SKL", "SRKL", "skew_rows"]
 
@@ -101,15 +101,7 @@ def skew_rows(kind: int, ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, p
     Returns:
         (n,) float64: the divergence per token.
     """
-    n = ls.shape[0]
-    terms = np.empty(n, dtype=np.float64)
-    want = w is not None
-    w_np = w.detach().to(torch.float64).contiguous().numpy() if want else np.zeros(0)
-    out_np = out.numpy() if want else np.zeros((1, 1), dtype=ls.numpy().dtype)
-    args = (int(kind), ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), lm.numpy(), float(a), w_np, want, out_np, terms)
-    parts = parts_for(n)
-    if parts > 1:
-        _skew_parts(*args, parts)
-    else:
-        _skew_range(*args, 0, n)
+    terms = np.empty(ls.shape[0], dtype=np.float64)
+    args = (int(kind), ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), lm.numpy(), float(a), as_weights(w))
+    run_rows(_skew_range, _skew_parts, ls.shape[0], *args, w is not None, grad_rows(out, ls), terms)
     return torch.from_numpy(terms)
