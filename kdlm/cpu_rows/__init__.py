@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-__all__ = ["as_weights", "grad_rows", "parts_for", "run_rows"]
+__all__ = ["SUMS", "as_weights", "grad_rows", "parts_for", "run_rows"]
+
+SUMS = {"reassoc", "contract"}  # fastmath flags: sums may be reordered to vectorize; NaN and inf keep their meaning
 
 # Prefer numba's OpenMP layer (see parts_for) unless the user chose a layer; numba reads this on its
 # first parallel launch and falls back to the next layer if OpenMP cannot be loaded.

@@ -17,14 +17,13 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kdlm.cpu_rows import as_weights, grad_rows, run_rows
+from kdlm.cpu_rows import SUMS, as_weights, grad_rows, run_rows
 
 __all__ = ["decoupled_rows"]
 
-_SUMS = {"reassoc", "contract"}  # let sums be reordered so they vectorize; NaN and inf keep their meaning
 
 
-@njit(nogil=True, cache=True, fastmath=_SUMS)
+@njit(nogil=True, cache=True, fastmath=SUMS)
 def _masses(ls, lt, ps, pt, g):  # pragma: no cover - compiled
     """Off the target: sum p_s, sum p_t, sum p_t (lt - ls), sum p_s (lt - ls), in float64.
 
@@ -72,7 +71,7 @@ def _cross_log(lp, l1p, ls, lt, g):  # pragma: no cover - compiled
     return s
 
 
-@njit(nogil=True, cache=True, fastmath=_SUMS)
+@njit(nogil=True, cache=True, fastmath=SUMS)
 def _grad_vanilla(ps, pt, inv_s, inv_t, cs, ct, g, g_tgt, out):  # pragma: no cover - compiled
     """out = cs phat_s - ct phat_t off the target (phat = p / non-target mass), g_tgt at the target."""
     a = cs * inv_s
@@ -82,7 +81,7 @@ def _grad_vanilla(ps, pt, inv_s, inv_t, cs, ct, g, g_tgt, out):  # pragma: no co
     out[g] = g_tgt
 
 
-@njit(nogil=True, cache=True, fastmath=_SUMS)
+@njit(nogil=True, cache=True, fastmath=SUMS)
 def _grad_reverse(ls, lt, ps, inv_s, nb, c, g, g_tgt, out):  # pragma: no cover - compiled
     """out = phat_s (c - nb (lt - ls)) off the target, g_tgt at the target."""
     for v in range(ps.shape[0]):

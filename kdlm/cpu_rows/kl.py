@@ -26,18 +26,17 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kdlm.cpu_rows import as_weights, grad_rows, run_rows
+from kdlm.cpu_rows import SUMS, as_weights, grad_rows, run_rows
 
 __all__ = ["BLOCK", "akl_rows", "head_gap", "mix_rows", "tvd_rows"]
 
 BLOCK = 64  # columns per block of the head search's bound
-_SUMS = {"reassoc", "contract"}  # let sums be reordered so they vectorize; NaN and inf keep their meaning
 _BISECT_STEPS = 200  # a bound only: the relative width below stops bisection far earlier
 _BISECT_WIDTH = 1e-3
 _MARGIN = 1e-9  # a floor needs the mass above it to exceed mu by more than any rounding of the sums
 
 
-@njit(nogil=True, cache=True, fastmath=_SUMS)
+@njit(nogil=True, cache=True, fastmath=SUMS)
 def _row_sums(ls, lt, ps, pt):  # pragma: no cover - compiled
     """-sum p_t d, sum p_s d, sum |p_t - p_s| with d = log p_s - log p_t, accumulated in float64."""
     fkl = 0.0
@@ -68,7 +67,7 @@ def _block_maxima(pt, maxima):  # pragma: no cover - compiled
     return nb
 
 
-@njit(nogil=True, cache=True, fastmath=_SUMS)
+@njit(nogil=True, cache=True, fastmath=SUMS)
 def _mass_at_least(x, floor):  # pragma: no cover - compiled
     """sum of the entries of x that are >= floor (a select, so that the loop vectorizes)."""
     s = 0.0
@@ -143,7 +142,7 @@ def _row_head_gap(pt, ps, mu, maxima, cand_val, cand_col):  # pragma: no cover -
     return gap
 
 
-@njit(nogil=True, cache=True, fastmath=_SUMS)
+@njit(nogil=True, cache=True, fastmath=SUMS)
 def _row_grad(ls, lt, ps, pt, cr, c1, cf, out):  # pragma: no cover - compiled
     """cf (p_s - p_t) + cr p_s (d - rkl) = p_s (cr d + c1) - cf p_t, c1 = cf - cr rkl."""
     for v in range(ls.shape[0]):
@@ -188,7 +187,7 @@ def _mix_range(ls, lt, ps, pt, wf, wr, want_grad, out, terms, lo, hi):  # pragma
             _row_grad(ls[i], lt[i], ps[i], pt[i], one * cr, one * (cf - cr * rkl), one * cf, out[i])
 
 
-@njit(nogil=True, cache=True, fastmath=_SUMS)
+@njit(nogil=True, cache=True, fastmath=SUMS)
 def _tvd_range(ps, pt, w, want_grad, out, terms, lo, hi):  # pragma: no cover - compiled
     """Rows lo..hi-1: terms[i] = 0.5 sum |p_t - p_s|; out[i] = -0.5 w p_s (sign(p_t - p_s) - <p_s, sign>)."""
     for i in range(lo, hi):

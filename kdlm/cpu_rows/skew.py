@@ -15,15 +15,14 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kdlm.cpu_rows import as_weights, grad_rows, run_rows
+from kdlm.cpu_rows import SUMS, as_weights, grad_rows, run_rows
 
 __all__ = ["GJSD", "SKL", "SRKL", "skew_rows"]
 
 GJSD, SKL, SRKL = 0, 1, 2
-_SUMS = {"reassoc", "contract"}  # let sums be reordered so they vectorize; NaN and inf keep their meaning
 
 
-@njit(nogil=True, cache=True, fastmath=_SUMS)
+@njit(nogil=True, cache=True, fastmath=SUMS)
 def _gjsd_row(ls, lt, ps, pt, lm, beta, c, want_grad, out):  # pragma: no cover - compiled
     kt = 0.0
     ks = 0.0
@@ -36,7 +35,7 @@ def _gjsd_row(ls, lt, ps, pt, lm, beta, c, want_grad, out):  # pragma: no cover 
     return beta * kt + (1.0 - beta) * ks
 
 
-@njit(nogil=True, cache=True, fastmath=_SUMS)
+@njit(nogil=True, cache=True, fastmath=SUMS)
 def _skl_row(ls, lt, ps, pt, lm, alpha, c, want_grad, out):  # pragma: no cover - compiled
     kl = 0.0
     dot = 0.0
@@ -51,7 +50,7 @@ def _skl_row(ls, lt, ps, pt, lm, alpha, c, want_grad, out):  # pragma: no cover 
     return kl
 
 
-@njit(nogil=True, cache=True, fastmath=_SUMS)
+@njit(nogil=True, cache=True, fastmath=SUMS)
 def _srkl_row(ls, lt, ps, pt, lm, alpha, c, want_grad, out):  # pragma: no cover - compiled
     kl = 0.0
     dot = 0.0
