@@ -9,7 +9,30 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
+
+from kdlm import bench
+from kdlm.data.mixing import MixConfig, mix
+from kdlm.data.records import PrepareConfig, prepare
+from kdlm.data.templates import check_template
+from kdlm.decoding import GenerateConfig
+from kdlm.evaluation.evaluate import evaluate_model
+from kdlm.evaluation.judge import JudgeConfig, judge_evaluation
+from kdlm.evaluation.lmeval import HarnessConfig, evaluate_harness, primary_scores
+from kdlm.generation import generate_for_records, parse_shard
+from kdlm.io import atomic_path
+from kdlm.lab.corpus import FAMILIES as CORPUS_FAMILIES
+from kdlm.lab.corpus import CorpusConfig, build_corpus, training_texts, write_corpus
+from kdlm.lab.models import FAMILIES as MODEL_FAMILIES
+from kdlm.lab.models import LabModelConfig, build_model
+from kdlm.lab.tokenizer import TokenizerSettings, train_tokenizer
+from kdlm.models import set_threads
+from kdlm.report import ReportConfig, write_report
+from kdlm.results import show_results
+from kdlm.sections import build, merged
+from kdlm.training.config import MethodConfig, TrainConfig
+from kdlm.training.trainer import train
 
 
 def _json_dict(text: str) -> dict:
@@ -22,14 +45,15 @@ def _json_dict(text: str) -> dict:
     return value
 
 
-def _add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
-    group = parser.add_argument_group("decoding")
-    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    group.add_argument("--batch-size", type=int, default=32, help="prompts per generate() call")
-    group.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    group.add_argument("--temperature", type=float, default=1.0)
-    group.add_argument("--top-p", type=float, default=1.0)
-    group.add_argument("--seed", type=int, default=0)
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decoding (a flag given here overrides the same key of --generation)")
+    group.add_argument("--generation", type=_json_dict, default={}, help="JSON object of GenerateConfig fields")
+    group.add_argument("--max-new-tokens", type=int, default=None)
+    group.add_argument("--batch-size", type=int, default=None, help="prompts per generate() call")
+    group.add_argument("--sample", action="store_true", default=None, help="sample instead of greedy decoding")
+    group.add_argument("--temperature", type=float, default=None)
+    group.add_argument("--top-p", type=float, default=None)
+    group.add_argument("--seed", type=int, default=None)
     group.add_argument("--max-prompt-tokens", type=int, default=None, help="cut longer prompts from the left")
     parser.add_argument(
         "--template", default="paper", help="prompt template: paper | alpaca | an fschat template (kdlm.data.templates)"
@@ -37,93 +61,75 @@ def _add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def _generation_config(args: argparse.Namespace):
-    from kdlm.generation import GenerateConfig
-
-    return GenerateConfig(
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        max_prompt_tokens=args.max_prompt_tokens,
-        **{key: getattr(args, key) for key in ("overlong", "shard_size", "backend") if hasattr(args, key)},
-    )
+def _generation_config(args: argparse.Namespace) -> GenerateConfig:
+    flags = ("max_new_tokens", "batch_size", "sample", "temperature", "top_p", "seed", "max_prompt_tokens",
+             "overlong", "shard_size", "backend")  # fmt: skip
+    values = merged(args.generation, **{k: getattr(args, k) for k in flags if hasattr(args, k)})
+    return build(GenerateConfig, values, "generation")
 
 
 # ---------------------------------------------------------------------------------------------- lab
 
 
 def _lab_corpus(args: argparse.Namespace) -> int:
-    from kdlm.lab.corpus import CorpusConfig, build_corpus, write_corpus
-
-    cfg = CorpusConfig(
-        seed=args.seed, n_train=args.n_train, n_validation=args.n_validation, n_test=args.n_test, families=args.families
-    )
+    values = merged(args.config, seed=args.seed, n_train=args.n_train, n_validation=args.n_validation,
+                    n_test=args.n_test, families=args.families)  # fmt: skip
+    cfg = build(CorpusConfig, values, "lab.corpus")
     for path in write_corpus(build_corpus(cfg), args.out_dir):
         print(path)
     return 0
 
 
 def _lab_tokenizer(args: argparse.Namespace) -> int:
-    from kdlm.lab.corpus import training_texts
-    from kdlm.lab.tokenizer import train_tokenizer
 
-    train_tokenizer(training_texts(args.corpus, args.template), args.vocab_size, args.out)
+    cfg = build(TokenizerSettings, merged(args.config, vocab_size=args.vocab_size), "lab.tokenizer")
+    train_tokenizer(training_texts(args.corpus, args.template), cfg.vocab_size, args.out)
     print(args.out)
     return 0
 
 
 def _lab_model(args: argparse.Namespace) -> int:
-    from kdlm.lab.models import LabModelConfig, build_model
 
-    cfg = LabModelConfig(
-        family=args.family,
-        hidden_size=args.hidden_size,
-        num_layers=args.num_layers,
-        num_heads=args.num_heads,
-        intermediate_size=args.intermediate_size,
-        max_position_embeddings=args.max_position_embeddings,
-        seed=args.seed,
-    )
+    flags = ("family", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings", "seed")
+    cfg = build(LabModelConfig, merged(args.config, **{k: getattr(args, k) for k in flags}), "lab model")
     n = build_model(cfg, args.tokenizer, args.out)
     print(f"{args.out}: {cfg.family}, {n:,} parameters")
     return 0
 
 
 def _add_lab(sub) -> None:
-    from kdlm.lab.corpus import FAMILIES
-    from kdlm.lab.models import FAMILIES as MODEL_FAMILIES
 
     lab = sub.add_parser("lab", help="build the embedded lab: corpus, tokenizer, tiny models")
     lab_sub = lab.add_subparsers(dest="lab_verb", required=True)
 
     p = lab_sub.add_parser("corpus", help="write the synthetic instruction corpus as Alpaca JSON splits")
     p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=3000)
-    p.add_argument("--n-validation", type=int, default=200)
-    p.add_argument("--n-test", type=int, default=300)
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), help=f"from {list(FAMILIES)}")
+    p.add_argument("--config", type=_json_dict, default={}, help="JSON object of CorpusConfig fields (lab.corpus)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--n-validation", type=int, default=None)
+    p.add_argument("--n-test", type=int, default=None)
+    p.add_argument("--families", nargs="+", default=None, help=f"from {list(CORPUS_FAMILIES)}")
     p.set_defaults(func=_lab_corpus)
 
     p = lab_sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on corpus files")
     p.add_argument("--corpus", type=Path, nargs="+", required=True, help="Alpaca JSON files")
-    p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--config", type=_json_dict, default={}, help="JSON object of lab.tokenizer settings")
+    p.add_argument("--vocab-size", type=int, default=None)
     p.add_argument("--template", default="paper")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_lab_tokenizer)
 
     p = lab_sub.add_parser("model", help="initialise a tiny model of one family and save it as an HF directory")
     p.add_argument("--tokenizer", type=Path, required=True)
-    p.add_argument("--family", choices=MODEL_FAMILIES, default="llama")
-    p.add_argument("--hidden-size", type=int, default=128)
-    p.add_argument("--num-layers", type=int, default=2)
-    p.add_argument("--num-heads", type=int, default=4)
-    p.add_argument("--intermediate-size", type=int, default=512)
-    p.add_argument("--max-position-embeddings", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", type=_json_dict, default={}, help="JSON object of LabModelConfig fields (lab.models.<name>)")
+    p.add_argument("--family", default=None, help=f"one of {list(MODEL_FAMILIES)}")
+    p.add_argument("--hidden-size", type=int, default=None)
+    p.add_argument("--num-layers", type=int, default=None)
+    p.add_argument("--num-heads", type=int, default=None)
+    p.add_argument("--intermediate-size", type=int, default=None)
+    p.add_argument("--max-position-embeddings", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_lab_model)
 
@@ -132,27 +138,16 @@ def _add_lab(sub) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from kdlm.data.records import PrepareConfig, prepare
 
-    cfg = PrepareConfig(
-        input=args.input,
-        out=args.out,
-        dataset=args.dataset,
-        format=args.format,
-        fields=args.fields,
-        on_bad_record=args.on_bad_record,
-        hf_split=args.hf_split,
-        hf_name=args.hf_name,
-    )
+    values = merged(args.spec, format=args.format, fields=args.fields, on_bad_record=args.on_bad_record,
+                    hf_split=args.hf_split, hf_name=args.hf_name)  # fmt: skip
+    cfg = build(PrepareConfig, {**values, "input": args.input, "out": args.out, "dataset": args.dataset}, "prepare")
     n = prepare(cfg)
     print(f"{args.out}: {n} records")
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from kdlm.data.templates import check_template
-    from kdlm.generation import generate_for_records, parse_shard
-    from kdlm.models import set_threads
 
     check_template(args.template)
     shard = parse_shard(args.shard) if args.shard else None
@@ -165,7 +160,6 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         print(f"{args.out}: {n} responses")
     if args.done is not None:
-        from kdlm.io import atomic_path
 
         with atomic_path(args.done) as tmp:
             tmp.write_text(json.dumps({"out": str(args.out), "shard": args.shard, "responses": n}) + "\n")
@@ -173,11 +167,10 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _mix(args: argparse.Namespace) -> int:
-    from kdlm.data.mixing import MixConfig, mix
-    from kdlm.data.templates import check_template
 
     check_template(args.template)
-    cfg = MixConfig(source=args.source, ratio=args.ratio, seed=args.seed, template=args.template)
+    values = merged(args.mix, ratio=args.ratio, seed=args.seed)
+    cfg = build(MixConfig, {**values, "source": args.source, "template": args.template}, "mix")
     n = mix(args.records, args.out, cfg, generated_path=args.generated)
     print(f"{args.out}: {n} rows ({args.source})")
     return 0
@@ -200,8 +193,6 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace, teacher: str | None, method: dict) -> int:
-    from kdlm.training.config import MethodConfig, TrainConfig
-    from kdlm.training.trainer import train
 
     run = train(
         student_path=args.student,
@@ -230,8 +221,6 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from kdlm.evaluation.evaluate import evaluate_model
-    from kdlm.models import set_threads
 
     set_threads(args.threads)
     means = evaluate_model(args.model, args.records, args.out, _generation_config(args), args.template, args.label)
@@ -240,7 +229,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from kdlm.report import ReportConfig, write_report
 
     cfg = ReportConfig(
         baseline_method=args.baseline_method or None,
@@ -256,18 +244,12 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from kdlm.evaluation.judge import JudgeConfig, judge_evaluation
 
-    cfg = JudgeConfig(
-        base_url=args.base_url,
-        model=args.model,
-        api_key_env=args.api_key_env or None,
-        concurrency=args.concurrency,
-        max_retries=args.max_retries,
-        timeout=args.timeout,
-        backoff=args.backoff,
-        both_orders=not args.one_order,
-    )
+    values = merged(args.judge, base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+                    concurrency=args.concurrency, max_retries=args.max_retries, timeout=args.timeout,
+                    backoff=args.backoff, both_orders=False if args.one_order else None)  # fmt: skip
+    values["api_key_env"] = values.get("api_key_env", "OPENAI_API_KEY") or None  # '' means no key
+    cfg = build(JudgeConfig, values, "judge")
     s = judge_evaluation(args.eval, args.out, cfg, args.records, args.cache)
     print(
         f"{args.out}: judge score {s['score']:.3f} (Σ student / Σ reference) over {s['valid']} of {s['examples']}"
@@ -277,25 +259,22 @@ def _judge(args: argparse.Namespace) -> int:
 
 
 def _harness(args: argparse.Namespace) -> int:
-    from kdlm.evaluation.lmeval import HarnessConfig, evaluate_harness, primary_scores
 
-    cfg = HarnessConfig(tasks=args.tasks, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
-                        limit=args.limit, device=args.device, on_error=args.on_error)  # fmt: skip
+    values = merged(args.lm_eval, tasks=args.tasks, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                    limit=args.limit, device=args.device, on_error=args.on_error)  # fmt: skip
+    cfg = build(HarnessConfig, values, "lm_eval")
     table = evaluate_harness(args.model, args.out, cfg, args.label)
-    scores = primary_scores(table, args.tasks)
+    scores = primary_scores(table, cfg.tasks)
     print(f"{args.out}: " + ", ".join(f"{task}={value:.3f}" for task, (value, _) in scores.items()))
     return 0
 
 
 def _results(args: argparse.Namespace) -> int:
-    from kdlm.results import show_results
 
     return show_results(args.table, args.filter, args.metric, args.task, args.sort)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from kdlm import bench
-
     return bench.run(args)
 
 
@@ -307,12 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="load a user data file into the records parquet")
     p.add_argument("--input", required=True, help="data file; for --format hf a hub id or a local directory")
-    p.add_argument("--format", default="alpaca", help="alpaca | jsonl | parquet | csv | hf")
+    p.add_argument("--spec", type=_json_dict, default={},
+                   help="JSON object: the data set's format, fields, on_bad_record, hf_split, hf_name")
+    p.add_argument("--format", default=None, help="alpaca | jsonl | parquet | csv | hf")
     p.add_argument("--dataset", required=True, help="dataset name stored in each record")
     p.add_argument(
-        "--fields", type=_json_dict, default={}, help='e.g. {"output": "response"} or {"output": "instances.0.output"}'
+        "--fields", type=_json_dict, default=None, help='e.g. {"output": "response"} or {"output": "instances.0.output"}'
     )
-    p.add_argument("--on-bad-record", default="error", help="error | skip (counts go to <out>.skipped.json)")
+    p.add_argument("--on-bad-record", default=None, help="error | skip (counts go to <out>.skipped.json)")
     p.add_argument("--hf-split", default=None, help="--format hf: the split to load (default: the only one)")
     p.add_argument("--hf-name", default=None, help="--format hf: the data set's configuration name")
     p.add_argument("--out", type=Path, required=True)
@@ -327,9 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_argument_group("shards, resume and backends")
     group.add_argument("--shard", default=None, metavar="I/N", help="generate only shards k with k %% N == I; no merge")
     group.add_argument("--merge", action="store_true", help="join the finished shards into --out (same options)")
-    group.add_argument("--shard-size", type=int, default=256, help="prompts per shard file (the unit of resume)")
-    group.add_argument("--overlong", default="truncate", help="prompts over the context: truncate | skip")
-    group.add_argument("--backend", default="hf", help="hf | vllm (vllm only where installed)")
+    group.add_argument("--shard-size", type=int, default=None, help="prompts per shard file (the unit of resume)")
+    group.add_argument("--overlong", default=None, help="prompts over the context: truncate | skip")
+    group.add_argument("--backend", default=None, help="hf | vllm (vllm only where installed)")
     group.add_argument("--done", type=Path, default=None, help="write a JSON summary here when finished (job marker)")
     p.set_defaults(func=_generate)
 
@@ -339,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--generated", type=Path, default=None, help="teacher responses (sources teacher, mix_token, mix_request_teacher)"
     )
     p.add_argument("--source", required=True, help="gt | teacher | student | mix_token | mix_request_teacher | mix_request_gt")
-    p.add_argument("--ratio", type=float, default=0.5, help="on-policy share of the mix_* sources")
-    p.add_argument("--seed", type=int, default=0, help="draws the online rows of mix_request_*")
+    p.add_argument("--mix", type=_json_dict, default={}, help="JSON object: the mix section's ratio and seed")
+    p.add_argument("--ratio", type=float, default=None, help="on-policy share of the mix_* sources (default 0.5)")
+    p.add_argument("--seed", type=int, default=None, help="draws the online rows of mix_request_*")
     p.add_argument("--template", default="paper")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_mix)
@@ -389,25 +371,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", type=Path, default=None, help="the task's records: the question without the template")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache", type=Path, default=None, help="reply cache (default: <out>.cache.parquet)")
-    p.add_argument("--base-url", required=True, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--model", required=True, help="judge model name on that server")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the variable holding the key; '' for none")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--max-retries", type=int, default=5)
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each retry")
+    p.add_argument("--judge", type=_json_dict, default={}, help="JSON object of JudgeConfig fields (evaluation.judge)")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", default=None, help="judge model name on that server")
+    p.add_argument("--api-key-env", default=None, help="NAME of the variable holding the key (OPENAI_API_KEY); '' for none")
+    p.add_argument("--concurrency", type=int, default=None)
+    p.add_argument("--max-retries", type=int, default=None)
+    p.add_argument("--timeout", type=float, default=None, help="seconds per request")
+    p.add_argument("--backoff", type=float, default=None, help="first retry delay in seconds, doubled each retry")
     p.add_argument("--one-order", action="store_true", help="ask only with the student as Assistant 1 (as the paper)")
     p.set_defaults(func=_judge)
 
     p = sub.add_parser("harness", help="MMLU / BBH / DROP through lm-eval (optional extra [lmeval])")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--tasks", nargs="+", default=["mmlu", "bbh", "drop"], help="lm-eval task names")
+    p.add_argument("--lm-eval", type=_json_dict, default={}, help="JSON object of HarnessConfig fields (evaluation.lm_eval)")
+    p.add_argument("--tasks", nargs="+", default=None, help="lm-eval task names (mmlu bbh drop)")
     p.add_argument("--num-fewshot", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="examples per task (quick look)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--on-error", default="raise", help="raise | missing (lm-eval or its data unavailable)")
+    p.add_argument("--device", default=None, help="cpu (default) | cuda | ...")
+    p.add_argument("--on-error", default=None, help="raise (default) | missing (lm-eval or its data unavailable)")
     p.add_argument("--label", type=_json_dict, default={}, help="description stored with the results")
     p.set_defaults(func=_harness)
 
@@ -420,12 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_results)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    try:
-        from kdlm import bench
-
-        bench.add_arguments(p)
-    except ImportError:  # pragma: no cover - bench module absent
-        pass
+    bench.add_arguments(p)
     p.set_defaults(func=_bench)
     return parser
 
@@ -439,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
+        if args.verbose:  # the whole story for a bug report; without -v one line names what is wrong
+            traceback.print_exc()
         print(f"kdlm {args.verb}: error: {err}", file=sys.stderr)
         return 2
 

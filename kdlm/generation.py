@@ -34,54 +34,15 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from tqdm.auto import tqdm
 
+from kdlm.decoding import GenerateConfig
+
 log = logging.getLogger(__name__)
-
-OVERLONG = ("truncate", "skip")
-BACKENDS = ("hf", "vllm")
-
-
-@dataclass
-class GenerateConfig:
-    """Decoding settings; `decoding` in the output parquet records them as JSON."""
-
-    max_new_tokens: int = 256
-    batch_size: int = 32
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    max_prompt_tokens: int | None = None  # longer prompts are cut from the left (besides the model's context)
-    overlong: str = "truncate"  # prompts over the context: truncate (from the left) | skip (kdlm generate only)
-    shard_size: int = 256  # prompts per shard file of `kdlm generate` (the unit of resume)
-    backend: str = "hf"  # hf | vllm
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.do_sample and self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
-            raise ValueError(f"max_prompt_tokens must be >= 1 or None, got {self.max_prompt_tokens}")
-        if self.overlong not in OVERLONG:
-            raise ValueError(f"unknown overlong policy {self.overlong!r}; allowed: {list(OVERLONG)}")
-        if self.shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown generation backend {self.backend!r}; allowed: {list(BACKENDS)}")
-
-    def describe(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
 
 def record_seed(seed: int, key: str) -> int:
     """A 31-bit seed for one record, from the run's seed and the record's id (order-independent)."""
@@ -155,7 +116,7 @@ class HFBackend:
         for r, ids in enumerate(batch):
             input_ids[r, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             attention_mask[r, width - len(ids) :] = 1
-        if cfg.do_sample:
+        if cfg.sample:
             sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
         else:
             sampling = {"do_sample": False}
@@ -213,8 +174,8 @@ class VLLMBackend:
         params = [
             SamplingParams(
                 max_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature if cfg.do_sample else 0.0,
-                top_p=cfg.top_p if cfg.do_sample else 1.0,
+                temperature=cfg.temperature if cfg.sample else 0.0,
+                top_p=cfg.top_p if cfg.sample else 1.0,
                 seed=seed,
                 stop_token_ids=[eos],
             )

@@ -1,6 +1,7 @@
 """Training data per sample source: the parquet the trainer reads for one (teacher, source).
 
-The paper compares where the training responses come from (DESIGN.md, "source"). Each source is one
+The paper compares where the training responses come from (the sources are defined in kdlm.study;
+docs/design.md, "The study model"). Each source is one
 parquet of the MIXED contract (id, prompt, response, origin, online) plus provenance columns
 (`source`, `ratio`, `seed`). `online` tells the trainer which rows it must answer on-policy with the
 current student; `response` then holds the off-policy answer, kept for reference. What each
@@ -35,12 +36,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+import pandas as pd
 
-OFFLINE_SOURCES = ("gt", "teacher")
-ONLINE_SOURCES = ("student", "mix_token", "mix_request_teacher", "mix_request_gt")
-SOURCES = OFFLINE_SOURCES + ONLINE_SOURCES
-NEEDS_TEACHER = ("teacher", "mix_token", "mix_request_teacher")  # sources whose rows hold teacher answers
+from kdlm.data.templates import format_prompt
+from kdlm.schemas import GENERATED, MIXED, RECORDS, read_metadata, read_table, write_table
+from kdlm.study import ONLINE_ALL, ONLINE_NEVER, ONLINE_TOKENS, SOURCES, Source
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,7 +63,7 @@ class MixConfig:
     @property
     def online_share(self) -> float:
         """The `ratio` provenance column: the share of on-policy data in this source."""
-        return {"gt": 0.0, "teacher": 0.0, "student": 1.0}.get(self.source, self.ratio)
+        return SOURCES[self.source].online_share(self.ratio)
 
 
 def _draw(seed: int, key: str) -> int:
@@ -77,10 +79,9 @@ def online_rows(ids: list[str], ratio: float, seed: int) -> list[bool]:
 
 def _teacher_responses(generated_path: Path | None, records, prompts: list[str]):
     """(kept records mask, teacher responses of the kept records), checked against the records."""
-    from kdlm.schemas import GENERATED, read_metadata, read_table
-
     if generated_path is None:
-        raise ValueError(f"sources {list(NEEDS_TEACHER)} need the teacher's generated responses (--generated)")
+        needing = [s.name for s in SOURCES.values() if s.needs_teacher_answers]
+        raise ValueError(f"sources {needing} need the teacher's generated responses (--generated)")
     generated = read_table(generated_path, GENERATED).set_index("id")
     skipped = set(read_metadata(generated_path).get("overlong", {}).get("skipped_ids", []))
     keep = [i not in skipped for i in records["id"]]
@@ -116,15 +117,11 @@ def mix(
         ValueError: for an unknown source or a ratio out of range, a missing teacher file, teacher rows
             that do not cover the records, or teacher prompts made with another template.
     """
-    import pandas as pd
-
-    from kdlm.data.templates import format_prompt
-    from kdlm.schemas import MIXED, RECORDS, read_table, write_table
-
     cfg = source if isinstance(source, MixConfig) else MixConfig(source=source, template=template)
     records = read_table(records_path, RECORDS)
     prompts = [format_prompt(r.instruction, r.input, cfg.template) for r in records.itertuples()]
-    if cfg.source in NEEDS_TEACHER:
+    spec: Source = SOURCES[cfg.source]
+    if spec.needs_teacher_answers:
         keep, responses = _teacher_responses(generated_path, records, prompts)
         records = records[keep].reset_index(drop=True)
         prompts = [p for p, k in zip(prompts, keep, strict=True) if k]
@@ -132,9 +129,9 @@ def mix(
     else:
         responses, origin = records["output"].tolist(), "gt"
     ids = records["id"].tolist()
-    if cfg.source in OFFLINE_SOURCES:
+    if spec.online == ONLINE_NEVER:
         online = [False] * len(ids)
-    elif cfg.source in ("student", "mix_token"):
+    elif spec.online in (ONLINE_ALL, ONLINE_TOKENS):
         online = [True] * len(ids)
     else:
         online = online_rows(ids, cfg.ratio, cfg.seed)

@@ -7,12 +7,24 @@ loss, which means its students never learn to stop. Ours learn EOS like any othe
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from kdlm.io import atomic_dir
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
+
+
+@dataclass
+class TokenizerSettings:
+    """The `lab.tokenizer` section: the lab's byte-level BPE."""
+
+    vocab_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 300:
+            raise ValueError(f"vocab_size must be >= 300 (bytes and special tokens), got {self.vocab_size}")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path, model_max_length: int = 512) -> None:

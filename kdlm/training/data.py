@@ -65,9 +65,9 @@ def load_rows(path: Path, template: str) -> TrainingRows:
     """
     import pyarrow.parquet as pq
 
-    from kdlm.data.mixing import ONLINE_SOURCES, SOURCES
     from kdlm.data.templates import format_prompt
     from kdlm.schemas import MIXED, RECORDS, read_table
+    from kdlm.study import SOURCES
 
     names = pq.read_schema(path).names
     if "prompt" not in names:
@@ -82,10 +82,10 @@ def load_rows(path: Path, template: str) -> TrainingRows:
     source = sources[0] if sources else ("gt" if set(df["origin"]) <= {"gt"} else "teacher")
     if source not in SOURCES:
         raise ValueError(f"{path}: unknown source {source!r}; allowed: {list(SOURCES)}")
-    if any(online) and source not in ONLINE_SOURCES:
+    if any(online) and not SOURCES[source].generates_during_training:
         raise ValueError(
             f"{path}: {sum(online)} rows are marked online but the source is {source!r}; "
-            f"online rows need one of {list(ONLINE_SOURCES)}"
+            f"online rows need one of {[s.name for s in SOURCES.values() if s.generates_during_training]}"
         )
     ratio = float(df["ratio"].iloc[0]) if "ratio" in df.columns and len(df) else 0.0
     return TrainingRows(df["prompt"].tolist(), df["response"].tolist(), online, source, ratio)

@@ -25,6 +25,7 @@ import torch
 
 from kdlm.data.tokenize import encode_example
 from kdlm.generation import GenerateConfig, HFBackend, prompt_limit, record_seed
+from kdlm.study import ONLINE_TOKENS, SOURCES
 from kdlm.training.config import OnPolicyConfig
 from kdlm.training.data import ExampleDataset, TrainingRows, collate_indexed
 
@@ -146,12 +147,12 @@ class OnPolicyBatcher:
 
     def _generate(self, student, teacher, prompts: list[list[int]], seed: int) -> list[tuple[str, str]]:
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        if self.rows.source == "mix_token":
+        if SOURCES[self.rows.source].online == ONLINE_TOKENS:
             generator = torch.Generator().manual_seed(seed)
             tokens = mix_token_generate(student, teacher, prompts, self.rows.ratio, self.cfg, eos, pad,
                                         self.vocab_size, generator)  # fmt: skip
             return [_decode(t, eos, self.tokenizer) for t in tokens]
-        gen = GenerateConfig(max_new_tokens=self.cfg.max_new_tokens, batch_size=len(prompts), do_sample=self.cfg.sample,
+        gen = GenerateConfig(max_new_tokens=self.cfg.max_new_tokens, batch_size=len(prompts), sample=self.cfg.sample,
                              temperature=self.cfg.temperature, top_p=self.cfg.top_p)  # fmt: skip
         out = HFBackend(student, self.tokenizer, gen).generate(prompts, [seed], lambda done, tokens: None)
         return [(r["response"], r["finish_reason"]) for r in out]
@@ -184,7 +185,7 @@ class OnPolicyBatcher:
             if i in generated:
                 response, finish = generated[i]
                 examples.append(self._example(i, response, finish))
-                origin = "mix_token" if self.rows.source == "mix_token" else "student"
+                origin = "mix_token" if SOURCES[self.rows.source].online == ONLINE_TOKENS else "student"
             else:
                 response, finish, origin = self.rows.responses[i], "offline", "offline"
                 examples.append(self.dataset[i])

@@ -171,11 +171,12 @@ def train(
     from kdlm.losses import validate_hparams
     from kdlm.models import check_vocab_compatible, count_parameters, load_model, load_tokenizer, set_threads
     from kdlm.schemas import TRAIN_LOG, write_table
+    from kdlm.study import source
     from kdlm.training.data import ExampleDataset, collate_indexed, load_rows
 
     validate_hparams(method.loss, method.hparams)
     rows = load_rows(data_path, template)
-    needs_teacher = method.loss != "sft" or (rows.source == "mix_token" and rows.n_online > 0)
+    needs_teacher = source(rows.source).needs_live_teacher(method.loss)
     if needs_teacher and teacher_path is None:
         raise ValueError(
             f"loss {method.loss!r} on source {rows.source!r} needs a teacher; only 'sft' on sources other "

@@ -42,7 +42,7 @@ def _run(lab, records, out, cfg, **kwargs) -> pd.DataFrame:
 
 @pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sampled"])
 def test_two_way_sharded_equals_unsharded(tmp_path, lab, records, sample):
-    cfg = GenerateConfig(max_new_tokens=8, batch_size=4, shard_size=6, do_sample=sample, temperature=1.3, seed=3)
+    cfg = GenerateConfig(max_new_tokens=8, batch_size=4, shard_size=6, sample=sample, temperature=1.3, seed=3)
     whole = _run(lab, records, tmp_path / "whole.parquet", cfg)
     assert not shards_root(tmp_path / "whole.parquet").exists(), "shards are removed once merged"
 

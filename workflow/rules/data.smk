@@ -12,8 +12,10 @@ rule prepare:
     output:
         "results/data/{dataset}/{split}.parquet",
     params:
-        options=prepare_args,
+        path=lambda wildcards: shlex.quote(dataset_split(wildcards.dataset, wildcards.split)["path"]),
+        spec=prepare_spec,
     log:
         "logs/prepare/{dataset}/{split}.log",
     shell:
-        "kdlm prepare {params.options} --dataset {wildcards.dataset} --out {output} > {log} 2>&1"
+        "kdlm prepare --input {params.path} --spec {params.spec} --dataset {wildcards.dataset} --out {output}"
+        " > {log} 2>&1"

@@ -11,11 +11,11 @@ rule distill:
         log="results/runs/{student}__{teacher}/{source}/{method}/seed{seed}/train_log.parquet",
         run="results/runs/{student}__{teacher}/{source}/{method}/seed{seed}/run.json",
     params:
-        student=lambda wildcards: config["students"][wildcards.student]["path"],
-        teacher=lambda wildcards: "" if wildcards.teacher == "none" else f"--teacher {teacher_dir(wildcards.teacher)}",
+        student=lambda wildcards: shlex.quote(config["students"][wildcards.student]["path"]),
+        teacher=distill_teacher_arg,
         method=lambda wildcards: json_arg(config["methods"][wildcards.method]),
         training=lambda wildcards: json_arg(
-            {**config["training"], "seed": int(wildcards.seed), "threads": config["threads"]["train"]}
+            {**config.get("training", {}), "seed": int(wildcards.seed), "threads": STUDY.threads.train}
         ),
         info=lambda wildcards: json_arg({"method_name": wildcards.method, "source": wildcards.source}),
         template=shlex.quote(TEMPLATE),
@@ -24,7 +24,7 @@ rule distill:
             if int(resources.gpu) > 1
             else "kdlm"
         ),
-    threads: config["threads"]["train"]
+    threads: STUDY.threads.train
     resources:
         gpu=GPU_PER_JOB,  # > 1 launches one DDP process per GPU (e.g. --set-resources distill:gpu=4)
     log:

@@ -8,11 +8,11 @@ rule evaluate:
     output:
         "results/eval/{model}/{task}.parquet",
     params:
-        model=lambda wildcards: parse_eval_model(wildcards.model)[0],
-        label=lambda wildcards: json_arg({**parse_eval_model(wildcards.model)[1], "task": wildcards.task}),
-        decoding=generation_args(config["evaluation"].get("generation", {})),
-        template=TEMPLATE,
-    threads: config["threads"]["evaluate"]
+        model=lambda wildcards: shlex.quote(STUDY.eval_target(wildcards.model)[0]),
+        label=lambda wildcards: json_arg({**STUDY.eval_target(wildcards.model)[1], "task": wildcards.task}),
+        generation=json_arg(config["evaluation"].get("generation", {})),
+        template=shlex.quote(TEMPLATE),
+    threads: STUDY.threads.evaluate
     resources:
         gpu=GPU_PER_JOB,
     log:
@@ -21,11 +21,11 @@ rule evaluate:
         "benchmarks/evaluate/{model}/{task}.tsv"
     shell:
         "kdlm evaluate --model {params.model} --records {input.records} --out {output}"
-        " --label {params.label} {params.decoding} --template {params.template} --threads {threads} > {log} 2>&1"
+        " --label {params.label} --generation {params.generation} --template {params.template} --threads {threads} > {log} 2>&1"
 
 
 # Optional (evaluation.judge.enabled): an LLM judge scores each answer against the task's reference.
-if JUDGE["enabled"]:
+if STUDY.judge_enabled:
 
     # HTTP calls only, and cluster compute nodes are often offline: local on a cluster
     localrules:
@@ -38,19 +38,19 @@ if JUDGE["enabled"]:
         output:
             "results/judge/{model}/{task}.parquet",
         params:
-            args=judge_args(),
+            judge=json_arg(STUDY.judge),
         log:
             "logs/judge/{model}/{task}.log",
         benchmark:
             "benchmarks/judge/{model}/{task}.tsv"
         shell:
             "kdlm judge --eval {input.evaluation} --records {input.records} --out {output}"
-            " {params.args} > {log} 2>&1"
+            " --judge {params.judge} > {log} 2>&1"
 
 
 # Optional (evaluation.lm_eval.enabled): MMLU / BBH / DROP through lm-eval; missing cells, not failures,
 # where lm-eval or its data sets are unavailable.
-if LM_EVAL["enabled"]:
+if STUDY.lm_eval_enabled:
 
     rule harness:
         input:
@@ -58,14 +58,14 @@ if LM_EVAL["enabled"]:
         output:
             "results/harness/{model}.parquet",
         params:
-            model=lambda wildcards: parse_eval_model(wildcards.model)[0],
-            label=lambda wildcards: json_arg(parse_eval_model(wildcards.model)[1]),
-            args=harness_args(),
+            model=lambda wildcards: shlex.quote(STUDY.eval_target(wildcards.model)[0]),
+            label=lambda wildcards: json_arg(STUDY.eval_target(wildcards.model)[1]),
+            lm_eval=json_arg({**STUDY.lm_eval, "on_error": "missing"}),
         resources:
-            gpu=GPU_PER_JOB if LM_EVAL["device"].startswith("cuda") else 0,
+            gpu=GPU_PER_JOB if STUDY.lm_eval.get("device", "cpu").startswith("cuda") else 0,
         log:
             "logs/harness/{model}.log",
         benchmark:
             "benchmarks/harness/{model}.tsv"
         shell:
-            "kdlm harness --model {params.model} --out {output} --label {params.label} {params.args} > {log} 2>&1"
+            "kdlm harness --model {params.model} --out {output} --label {params.label} --lm-eval {params.lm_eval} > {log} 2>&1"

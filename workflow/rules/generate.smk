@@ -9,10 +9,10 @@ rule teacher_sft:
         config="results/models/teachers/{teacher}/config.json",
         weights="results/models/teachers/{teacher}/model.safetensors",
     params:
-        base=lambda wildcards: config["teachers"][wildcards.teacher]["path"],
-        training=lambda wildcards: json_arg({**config["teacher_training"], "threads": config["threads"]["train"]}),
+        base=lambda wildcards: shlex.quote(config["teachers"][wildcards.teacher]["path"]),
+        training=json_arg({**config.get("teacher_training", {}), "threads": STUDY.threads.train}),
         template=shlex.quote(TEMPLATE),
-    threads: config["threads"]["train"]
+    threads: STUDY.threads.train
     resources:
         gpu=GPU_PER_JOB,
     log:
@@ -27,7 +27,7 @@ rule teacher_sft:
 
 # One job by default; with teacher_generation.shards = n > 1, n shard jobs and one merge. Either way
 # `kdlm generate` writes shards as it goes under <output>.shards/ and resumes a killed job.
-if TEACHER_GENERATION["shards"] == 1:
+if STUDY.teacher_generation.shards == 1:
 
     rule generate:
         input:
@@ -36,10 +36,10 @@ if TEACHER_GENERATION["shards"] == 1:
         output:
             "results/generated/{dataset}/{teacher}.parquet",
         params:
-            model=lambda wildcards: teacher_dir(wildcards.teacher),
-            decoding=teacher_generation_args(),
+            model=lambda wildcards: shlex.quote(STUDY.teacher_dir(wildcards.teacher)),
+            generation=json_arg(config.get("teacher_generation", {})),
             template=shlex.quote(TEMPLATE),
-        threads: config["threads"]["generate"]
+        threads: STUDY.threads.generate
         resources:
             gpu=GPU_PER_JOB,
         log:
@@ -48,7 +48,7 @@ if TEACHER_GENERATION["shards"] == 1:
             "benchmarks/generate/{dataset}/{teacher}.tsv"
         shell:
             "kdlm generate --model {params.model} --name {wildcards.teacher} --records {input.records}"
-            " --out {output} {params.decoding} --template {params.template} --threads {threads} > {log} 2>&1"
+            " --out {output} --generation {params.generation} --template {params.template} --threads {threads} > {log} 2>&1"
 
 else:
 
@@ -57,13 +57,13 @@ else:
             records=records_path("{dataset}", TRAIN_SPLIT),
             model=get_teacher_model,
         output:
-            temp("results/generated/{dataset}/{teacher}.shards/job{shard}-of-" + str(TEACHER_GENERATION["shards"]) + ".json"),
+            temp("results/generated/{dataset}/{teacher}.shards/job{shard}-of-" + str(STUDY.teacher_generation.shards) + ".json"),
         params:
-            model=lambda wildcards: teacher_dir(wildcards.teacher),
-            decoding=teacher_generation_args(),
+            model=lambda wildcards: shlex.quote(STUDY.teacher_dir(wildcards.teacher)),
+            generation=json_arg(config.get("teacher_generation", {})),
             template=shlex.quote(TEMPLATE),
-            n=TEACHER_GENERATION["shards"],
-        threads: config["threads"]["generate"]
+            n=STUDY.teacher_generation.shards,
+        threads: STUDY.threads.generate
         resources:
             gpu=GPU_PER_JOB,
         log:
@@ -73,7 +73,7 @@ else:
         shell:
             "kdlm generate --model {params.model} --name {wildcards.teacher} --records {input.records}"
             " --out results/generated/{wildcards.dataset}/{wildcards.teacher}.parquet --shard {wildcards.shard}/{params.n}"
-            " --done {output} {params.decoding} --template {params.template} --threads {threads} > {log} 2>&1"
+            " --done {output} --generation {params.generation} --template {params.template} --threads {threads} > {log} 2>&1"
 
     # joins the shards (tokenizes the prompts again, loads no model): local on a cluster
     localrules:
@@ -87,8 +87,8 @@ else:
         output:
             "results/generated/{dataset}/{teacher}.parquet",
         params:
-            model=lambda wildcards: teacher_dir(wildcards.teacher),
-            decoding=teacher_generation_args(),
+            model=lambda wildcards: shlex.quote(STUDY.teacher_dir(wildcards.teacher)),
+            generation=json_arg(config.get("teacher_generation", {})),
             template=shlex.quote(TEMPLATE),
         log:
             "logs/generate_merge/{dataset}/{teacher}.log",
@@ -96,4 +96,4 @@ else:
             "benchmarks/generate_merge/{dataset}/{teacher}.tsv"
         shell:
             "kdlm generate --merge --model {params.model} --name {wildcards.teacher} --records {input.records}"
-            " --out {output} {params.decoding} --template {params.template} > {log} 2>&1"
+            " --out {output} --generation {params.generation} --template {params.template} > {log} 2>&1"

@@ -14,14 +14,11 @@ rule lab_corpus:
         validation="results/lab/corpus/validation.json",
         test="results/lab/corpus/test.json",
     params:
-        corpus=lambda wildcards: {"seed": 0, "n_train": 3000, "n_validation": 200, "n_test": 300, **config["lab"].get("corpus", {})},
-        families=lambda wildcards: " ".join(config["lab"].get("corpus", {}).get("families", [])),
+        corpus=json_arg(config["lab"].get("corpus", {})),
     log:
         "logs/lab_corpus/lab.log",
     shell:
-        "kdlm lab corpus --out-dir results/lab/corpus --seed {params.corpus[seed]}"
-        " --n-train {params.corpus[n_train]} --n-validation {params.corpus[n_validation]}"
-        " --n-test {params.corpus[n_test]} --families {params.families} > {log} 2>&1"
+        "kdlm lab corpus --out-dir results/lab/corpus --config {params.corpus} > {log} 2>&1"
 
 
 rule lab_tokenizer:
@@ -30,12 +27,12 @@ rule lab_tokenizer:
     output:
         "results/lab/tokenizer/tokenizer.json",
     params:
-        vocab_size=lambda wildcards: config["lab"].get("tokenizer", {}).get("vocab_size", 1024),
-        template=TEMPLATE,
+        tokenizer=json_arg(config["lab"].get("tokenizer", {})),
+        template=shlex.quote(TEMPLATE),
     log:
         "logs/lab_tokenizer/lab.log",
     shell:
-        "kdlm lab tokenizer --corpus {input} --vocab-size {params.vocab_size} --template {params.template}"
+        "kdlm lab tokenizer --corpus {input} --config {params.tokenizer} --template {params.template}"
         " --out results/lab/tokenizer > {log} 2>&1"
 
 
@@ -46,12 +43,9 @@ rule lab_model:
         config="results/lab/models/{lab_model}/config.json",
         weights="results/lab/models/{lab_model}/model.safetensors",
     params:
-        spec=lambda wildcards: {"max_position_embeddings": 256, "seed": 0, **LAB_MODELS[wildcards.lab_model]},
+        spec=lambda wildcards: json_arg(STUDY.lab_models[wildcards.lab_model]),
     log:
         "logs/lab_model/{lab_model}.log",
     shell:
-        "kdlm lab model --tokenizer results/lab/tokenizer --family {params.spec[family]}"
-        " --hidden-size {params.spec[hidden_size]} --num-layers {params.spec[num_layers]}"
-        " --num-heads {params.spec[num_heads]} --intermediate-size {params.spec[intermediate_size]}"
-        " --max-position-embeddings {params.spec[max_position_embeddings]} --seed {params.spec[seed]}"
+        "kdlm lab model --tokenizer results/lab/tokenizer --config {params.spec}"
         " --out results/lab/models/{wildcards.lab_model} > {log} 2>&1"

@@ -14,13 +14,12 @@ rule mix:
     params:
         generated=lambda wildcards, input: f"--generated {input.generated}" if "generated" in input.keys() else "",
         template=shlex.quote(TEMPLATE),
-        ratio=MIX["ratio"],
-        seed=MIX["seed"],
+        mix=json_arg({k: v for k, v in config.get("mix", {}).items() if k != "sources"}),
     log:
         "logs/mix/{dataset}/{teacher}/{source}.log",
     shell:
         "kdlm mix --records {input.records} {params.generated} --source {wildcards.source}"
-        " --ratio {params.ratio} --seed {params.seed} --template {params.template} --out {output} > {log} 2>&1"
+        " --mix {params.mix} --template {params.template} --out {output} > {log} 2>&1"
 
 
 rule mixes:

@@ -24,12 +24,12 @@ rule report:
         scores=[
             report(f"results/plots/scores_{metric}.png", caption="../report/scores.rst", category="Scores",
                    labels={"metric": metric})
-            for metric in REPORT_METRICS
+            for metric in STUDY.metrics()
         ],  # fmt: skip
         train_loss=report("results/plots/train_loss.png", caption="../report/train_loss.rst", category="Training"),
         atkd=report("results/plots/atkd.png", caption="../report/atkd.rst", category="Training"),
     params:
-        baseline=report_baseline_method(),
+        baseline=STUDY.baseline_method(),
     log:
         "logs/report/summary.log",
     shell:
@@ -40,12 +40,12 @@ rule report:
 
 rule teacher_data:
     input:
-        [f"results/generated/{TRAIN_DATASET}/{t}.parquet" for t in study_teachers()],
+        [f"results/generated/{TRAIN_DATASET}/{t}.parquet" for t in STUDY.teachers()],
 
 
 rule runs:
     input:
-        [f"results/runs/{run}/model.safetensors" for run in runs()],
+        [f"results/runs/{run}/model.safetensors" for run in STUDY.runs()],
 
 
 rule evals:
