@@ -7,12 +7,12 @@ bootstrap interval. matplotlib runs on the Agg backend: no display is needed on 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from kdlm.study import EVAL_METRICS, RunId
+
 ATKD_COLUMNS = ("atkd_threshold", "atkd_n_easy", "atkd_n_hard", "atkd_loss_easy", "atkd_loss_hard")
-SCORE_METRICS = ("rouge_l", "exact_match", "response_tokens")
-_RUN = re.compile(r"(?P<student>[^/]+)__(?P<teacher>[^/]+)/(?P<source>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)")
+SCORE_METRICS = tuple(m.name for m in EVAL_METRICS)
 
 
 def _pyplot():
@@ -74,9 +74,9 @@ def _read_logs(train_logs: list[Path]) -> dict[str, object]:
 def _by_source(logs: dict) -> dict[str, list[tuple[str, object]]]:
     groups: dict[str, list[tuple[str, object]]] = {}
     for run, df in sorted(logs.items()):
-        match = _RUN.fullmatch(run)
-        source = match["source"] if match else ""
-        label = f"{match['method']} seed{match['seed']} ({match['student']}←{match['teacher']})" if match else run
+        match = RunId.search(run)
+        source = match.source if match else ""
+        label = f"{match.method} seed{match.seed} ({match.student}←{match.teacher})" if match else run
         groups.setdefault(source, []).append((label, df))
     return groups
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdlm.evaluation.metrics import bootstrap_ci, paired_bootstrap, paired_differences
+from kdlm.study import EVAL_METRICS
+from kdlm.study import METRICS as ALL_METRICS
 
-METRICS = {"rouge_l": "rouge_l", "exact_match": "exact_match", "response_tokens": "n_response_tokens"}
+METRICS = {m.name: m.column for m in EVAL_METRICS}  # summary metric -> per-example column of an evaluation
 KIND_ORDER = {"teacher": 0, "base": 1, "run": 2}
 LABEL_FIELDS = ("kind", "model", "student", "teacher", "source", "method", "seed", "task")
 PAIR_FIELDS = ("student", "teacher", "source", "seed")  # a run and its baseline share these
@@ -231,7 +233,7 @@ def _teacherless_baseline(ev: Evaluation, index: dict) -> Evaluation | None:
 def _fmt(metric: str, value: float, signed: bool = False) -> str:
     if value != value:  # NaN
         return "–"
-    digits = 1 if metric == "response_tokens" else 3
+    digits = ALL_METRICS[metric].digits if metric in ALL_METRICS else 3
     return format(round(value, digits) + 0.0, ("+" if signed else "") + f".{digits}f")  # + 0.0: no "-0.000"
 
 

@@ -1,4 +1,5 @@
-"""Parquet contracts between stages (DESIGN.md): enforced when writing, checked when reading.
+"""Parquet contracts between stages (docs/design.md, "Stage contracts"): enforced when writing, checked
+when reading.
 
 A stage handed a file with the wrong columns fails here with the file and the column named, instead
 of deep inside pandas with a KeyError.
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdlm.io import atomic_path
+from kdlm.study import EVAL_METRICS
 
 RECORDS = pa.schema(
     [
@@ -50,8 +52,7 @@ EVAL = pa.schema(
         ("prompt", pa.string()),
         ("reference", pa.string()),
         ("prediction", pa.string()),
-        ("rouge_l", pa.float64()),
-        ("exact_match", pa.float64()),
+        *((m.column, pa.float64()) for m in EVAL_METRICS if m.scored),  # one per scored metric
         ("n_response_tokens", pa.int64()),
         ("finish_reason", pa.string()),
     ]

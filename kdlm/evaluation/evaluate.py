@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdlm.generation import GenerateConfig, generate_responses
+from kdlm.study import EVAL_METRICS
 
 
 def evaluate_model(
@@ -27,7 +28,7 @@ def evaluate_model(
     import pandas as pd
 
     from kdlm.data.templates import format_prompt
-    from kdlm.evaluation.metrics import exact_match, rouge_l
+    from kdlm.evaluation.metrics import SCORERS
     from kdlm.models import load_inference_model, load_tokenizer
     from kdlm.schemas import EVAL, RECORDS, read_table, write_table
 
@@ -44,11 +45,10 @@ def evaluate_model(
             "prompt": prompts,
             "reference": references,
             "prediction": predictions,
-            "rouge_l": rouge_l(predictions, references),
-            "exact_match": [exact_match(p, r) for p, r in zip(predictions, references, strict=True)],
+            **{m.column: SCORERS[m.name](predictions, references) for m in EVAL_METRICS if m.scored},
             "n_response_tokens": [r["n_response_tokens"] for r in results],
             "finish_reason": [r["finish_reason"] for r in results],
         }
     )
     write_table(df, out, EVAL, metadata={**(label or {}), "decoding": cfg.describe()})
-    return {"rouge_l": float(df["rouge_l"].mean()), "exact_match": float(df["exact_match"].mean())}
+    return {m.name: float(df[m.column].mean()) for m in EVAL_METRICS if m.scored}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +35,15 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
+
+
+# per-example scorers of the scored metrics of kdlm.study.EVAL_METRICS: (predictions, references) -> scores
+SCORERS: dict[str, Callable[[Sequence[str], Sequence[str]], list[float]]] = {
+    "rouge_l": rouge_l,
+    "exact_match": lambda predictions, references: [
+        exact_match(p, r) for p, r in zip(predictions, references, strict=True)
+    ],
+}
 
 
 def bootstrap_ci(values: Sequence[float], n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:

@@ -11,6 +11,9 @@ import jsonschema
 import pytest
 import yaml
 
+from kdlm.config_checks import check_config
+from kdlm.study import Study
+
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
 
@@ -34,7 +37,10 @@ def _merged(*paths: Path) -> dict:
 def test_every_shipped_config_is_valid(path):
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     layers = [REPO / "config" / "config.yaml"] + ([path] if path.name != "config.yaml" else [])
-    jsonschema.Draft202012Validator(schema).validate(_merged(*layers))
+    config = _merged(*layers)
+    jsonschema.Draft202012Validator(schema).validate(config)
+    assert check_config(config) == []
+    assert Study(config).runs()
 
 
 def test_every_config_key_is_documented():
@@ -60,8 +66,14 @@ def _dry_run(tmp_path, overrides: str) -> subprocess.CompletedProcess:
     [
         ("study:\n  methods: [fkl, atkd_typo]\n", "study.methods: unknown name 'atkd_typo'; allowed (defined under 'methods'): ['atkd', 'dkd', 'fkl', 'jsd', 'rkl', 'sft', 'tvd']"),
         ("study:\n  grids: [{sources: [student], methods: [akl_typo]}]\n", "study.grids.0.methods: unknown name 'akl_typo'; allowed (defined under 'methods')"),
-        ("methods:\n  bad: {loss: kl}\n", "methods.bad.loss: 'kl' is not one of ['forward', 'reverse'"),
-        ("study:\n  sources: [gt, nope]\n", "study.sources.1: 'nope' is not one of ['gt', 'teacher', 'student'"),
+        ("methods:\n  bad: {loss: kl}\n", "methods.bad: unknown loss 'kl'; known losses: akl, atkd, dkd, forward"),
+        ("study:\n  sources: [gt, nope]\n", "study.sources: unknown source 'nope'; allowed: ['gt', 'teacher', 'student'"),
+        ("training:\n  scheduler: cosin\n", "training: unknown scheduler 'cosin'; allowed: ['cosine'"),
+        ("training:\n  onpolicy: {top_p: 2}\n", "training: onpolicy top_p must be in (0, 1], got 2"),
+        ("teacher_generation:\n  overlong: drop\n", "teacher_generation: unknown overlong policy 'drop'"),
+        ("lab:\n  models:\n    llama-student: {family: gpt2, hidden_size: 8, num_layers: 1, num_heads: 1, intermediate_size: 8}\n",
+         "lab.models.llama-student: unknown model family 'gpt2'; allowed: ['llama', 'gpt_neox', 'opt']"),
+        ("datasets:\n  lab: {format: xml}\n", "datasets.lab: unknown data format 'xml'"),
         ("training:\n  lr: fast\n", "training.lr: 'fast' is not of type 'number'"),
         ("training:\n  colour: red\n", "training: Additional properties are not allowed ('colour' was unexpected)"),
         ("methods:\n  at: {loss: atkd, lamda: 0.3}\n", "methods.at: loss 'atkd': unknown hyperparameter 'lamda'"),

@@ -43,7 +43,7 @@ def _expected_runs(config: dict) -> set[str]:
     for student, teacher in pairs:
         for sources, methods in grids:
             for source, method, seed in itertools.product(sources, methods, study["seeds"]):
-                plain_sft = config["methods"][method]["loss"] == "sft" and source == "gt"
+                plain_sft = config["methods"][method]["loss"] == "sft" and source in ("gt", "student", "mix_request_gt")
                 runs.add(f"{student}__{'none' if plain_sft else teacher}/{source}/{method}/seed{seed}")
     return runs
 

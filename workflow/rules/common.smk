@@ -12,7 +12,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from kdlm.study import NO_TEACHER, RUN_ID_REGEX, SOURCES, Study, check_config
+from kdlm.config_checks import check_config
+from kdlm.study import NO_TEACHER, RUN_ID_REGEX, SOURCES, Study
 
 # Rules call `kdlm`: use the one installed beside the Python that runs Snakemake, activated or not.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")

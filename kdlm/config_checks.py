@@ -1,0 +1,111 @@
+"""The checks of a config that its JSON schema cannot express: names used but not defined, unknown
+sources, splits, losses and hyperparameters, and every section's values, built through the dataclass
+that holds its defaults and ranges. Torch-free: the workflow runs them at planning time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdlm.data.records import PrepareConfig
+from kdlm.data.templates import check_template
+from kdlm.decoding import GenerateConfig
+from kdlm.evaluation.judge import JudgeConfig
+from kdlm.evaluation.lmeval import HarnessConfig
+from kdlm.lab.corpus import CorpusConfig
+from kdlm.lab.models import LabModelConfig
+from kdlm.lab.tokenizer import TokenizerSettings
+from kdlm.methods import validate_hparams
+from kdlm.sections import build
+from kdlm.study import NO_TEACHER, SOURCES, MixSettings, Threads
+from kdlm.training.config import TrainConfig
+
+
+def sections(config: dict) -> dict[str, Any]:
+    """Every config section as its dataclass, keyed by its dotted config key (ValueError on the first bad
+    one). Disabled optional evaluations are left out; `enabled` is the workflow's, not the verb's."""
+    lab = config.get("lab") or {}
+    evaluation = config["evaluation"]
+    typed = {
+        "threads": (Threads, config.get("threads")),
+        "mix": (MixSettings, config.get("mix")),
+        "teacher_training": (TrainConfig, config.get("teacher_training")),
+        "training": (TrainConfig, config.get("training")),
+        "teacher_generation": (GenerateConfig, config.get("teacher_generation")),
+        "evaluation.generation": (GenerateConfig, evaluation.get("generation")),
+        "lab.corpus": (CorpusConfig, lab.get("corpus")),
+        "lab.tokenizer": (TokenizerSettings, lab.get("tokenizer")),
+    }
+    typed.update({f"lab.models.{name}": (LabModelConfig, spec) for name, spec in (lab.get("models") or {}).items()})
+    for key, cls in (("judge", JudgeConfig), ("lm_eval", HarnessConfig)):
+        values = dict(evaluation.get(key) or {})
+        if values.pop("enabled", False):
+            typed[f"evaluation.{key}"] = (cls, values)
+    built, problems = {}, []
+    for key, (cls, values) in typed.items():
+        try:
+            built[key] = build(cls, values, key)
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise ValueError("\n  ".join(problems))
+    return built
+
+
+def check_config(config: dict) -> list[str]:
+    """Every problem of a schema-valid config that the schema cannot see, one line each naming the key:
+    names used but not defined, unknown sources, splits, losses and hyperparameters, section values."""
+    problems: list[str] = []
+    spec = config["study"]
+    lists = {"methods": "methods", "tasks": "evaluation.tasks"}
+    if "pairs" not in spec:
+        lists.update(students="students", teachers="teachers")
+    named = [(f"study.{key}", spec.get(key, []), where) for key, where in lists.items()]
+    named += [(f"study.grids.{i}.methods", g["methods"], "methods") for i, g in enumerate(spec.get("grids", []))]
+    for key, names, where in named:
+        defined = config["evaluation"]["tasks"] if where == "evaluation.tasks" else config[where]
+        problems += [f"{key}: unknown name {n!r}; allowed (defined under '{where}'): {sorted(defined)}"
+                     for n in names if n not in defined]  # fmt: skip
+    listed = [("study.sources", spec["sources"]), ("mix.sources", (config.get("mix") or {}).get("sources", []))]
+    listed += [(f"study.grids.{i}.sources", g["sources"]) for i, g in enumerate(spec.get("grids", []))]
+    problems += [f"{key}: unknown source {s!r}; allowed: {list(SOURCES)}"
+                 for key, names in listed for s in names if s not in SOURCES]  # fmt: skip
+    seen: dict[tuple[str, str], int] = {}
+    for i, pair in enumerate(spec.get("pairs", [])):
+        for role, key in (("student", "students"), ("teacher", "teachers")):
+            if pair[role] not in config[key]:
+                problems.append(f"study.pairs.{i}.{role}: unknown name {pair[role]!r}; allowed (defined under "
+                                f"'{key}'): {sorted(config[key])}")  # fmt: skip
+        first = seen.setdefault((pair["student"], pair["teacher"]), i)
+        if first != i:
+            problems.append(f"study.pairs.{i}: the same pair as study.pairs.{first}")
+    if NO_TEACHER in config["teachers"]:
+        problems.append(f"teachers.{NO_TEACHER}: reserved name (runs without a teacher)")
+    refs = [("train_split", config["train_split"])]
+    refs += [(f"evaluation.tasks.{task}", ref) for task, ref in config["evaluation"]["tasks"].items()]
+    for key, ref in refs:
+        datasets = config["datasets"]
+        if ref["dataset"] not in datasets:
+            problems.append(f"{key}.dataset: unknown dataset {ref['dataset']!r}; allowed: {sorted(datasets)}")
+        elif ref["split"] not in datasets[ref["dataset"]]["splits"]:
+            splits = sorted(datasets[ref["dataset"]]["splits"])
+            problems.append(f"{key}.split: unknown split {ref['split']!r} of {ref['dataset']!r}; allowed: {splits}")
+    for name, method in config["methods"].items():
+        try:
+            validate_hparams(method["loss"], {k: v for k, v in method.items() if k != "loss"})
+        except ValueError as err:
+            problems.append(f"methods.{name}: {err}")
+    try:
+        check_template(config["prompt_template"])
+    except ValueError as err:
+        problems.append(f"prompt_template: {err}")
+    try:
+        sections(config)
+    except ValueError as err:
+        problems.append(str(err))
+    for name, ds in config["datasets"].items():
+        options = {k: v for k, v in ds.items() if k != "splits"}
+        try:
+            build(PrepareConfig, {**options, "input": "-", "out": "-", "dataset": name}, f"datasets.{name}")
+        except ValueError as err:
+            problems.append(str(err))
+    return problems
