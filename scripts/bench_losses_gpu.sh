@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `kdlm bench losses` on a CUDA GPU at a LLaMA-3 sized vocabulary, in bf16 (issue 3's optional check).
+# `kdlm bench losses` on a CUDA GPU at a LLaMA-3 sized vocabulary, in bf16: kdlm's chunked losses and their
+# straightforward versions at the default chunk size, then kdlm's alone at larger chunk sizes.
 # Runs from a checkout without installing kdlm (torch, pandas, pyarrow and rich must be importable):
 #   bash scripts/bench_losses_gpu.sh [OUT_DIR]
 # Writes OUT_DIR/losses_gpu.{txt,json,parquet} (default results/bench) and, for the chunk-size sweep,

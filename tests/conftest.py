@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kdlm.lab.corpus import CorpusConfig, build_corpus, write_corpus
-from kdlm.lab.models import LabModelConfig, build_model
-from kdlm.lab.tokenizer import train_tokenizer
+from kdlm.lab.build import build_lab
+from kdlm.lab.corpus import CorpusConfig
+from kdlm.lab.models import LabModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,29 +25,15 @@ def _seed():
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory) -> dict[str, Path]:
     """Corpus splits (Alpaca JSON), a tokenizer and a tiny teacher/student pair of the LLaMA family."""
-    from kdlm.lab.corpus import training_texts
-
-    root = tmp_path_factory.mktemp("lab")
-    write_corpus(build_corpus(CorpusConfig(n_train=200, n_validation=10, n_test=20)), root / "corpus")
-    train_tokenizer(training_texts([root / "corpus" / "train.json"]), 400, root / "tokenizer")
-    build_model(
-        LabModelConfig(hidden_size=48, num_layers=2, num_heads=4, intermediate_size=96, seed=0),
-        root / "tokenizer",
-        root / "teacher",
+    return build_lab(
+        tmp_path_factory.mktemp("lab"),
+        CorpusConfig(n_train=200, n_validation=10, n_test=20),
+        {
+            "teacher": LabModelConfig(hidden_size=48, num_layers=2, num_heads=4, intermediate_size=96, seed=0),
+            "student": LabModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, seed=1),
+        },
+        vocab_size=400,
     )
-    build_model(
-        LabModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, seed=1),
-        root / "tokenizer",
-        root / "student",
-    )
-    return {
-        "root": root,
-        "train_json": root / "corpus" / "train.json",
-        "test_json": root / "corpus" / "test.json",
-        "tokenizer": root / "tokenizer",
-        "teacher": root / "teacher",
-        "student": root / "student",
-    }
 
 
 @pytest.fixture(scope="session")

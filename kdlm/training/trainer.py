@@ -138,6 +138,41 @@ def _versions() -> dict[str, str]:
     }
 
 
+def training_arguments(cfg: TrainConfig, output_dir: str | Path) -> TrainingArguments:
+    """The Trainer arguments `train()` trains with for `cfg`, checkpoints going to `output_dir`.
+
+    The one place they are built: `train()` calls it, and so does `kdlm bench train`
+    (`kdlm/bench/train.py`), which changes only the fields it names in its `BENCH_OVERRIDES`.
+    """
+    cpu = not torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=cfg.bf16,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=cpu,
+        ddp_backend="gloo" if cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        disable_tqdm=False,
+    )
+
+
 def train(
     *,
     student_path: str,
@@ -205,33 +240,7 @@ def train(
     claim_checkpoint_dir(checkpoint_dir, identity, resume)
     if resume is not None:
         log.info("resuming from %s", resume)
-    cpu = not torch.cuda.is_available()
-    args = TrainingArguments(
-        output_dir=str(checkpoint_dir),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.lr,
-        lr_scheduler_type=cfg.scheduler,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        max_grad_norm=cfg.max_grad_norm,
-        bf16=cfg.bf16,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        use_cpu=cpu,
-        ddp_backend="gloo" if cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
-        disable_tqdm=False,
-    )
+    args = training_arguments(cfg, checkpoint_dir)
     trainer = DistillTrainer(
         model=student,
         args=args,

@@ -1,14 +1,17 @@
-"""Tests for kdlm.bench: the CLI wiring and one measurement at a tiny shape (no timing assertions)."""
+"""`kdlm bench losses`: the CLI wiring and one measurement at a tiny shape (no timing assertions)."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 
 import kdlm.bench as bench
+from kdlm.bench import losses
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +36,7 @@ def test_arguments_and_defaults():
 
 @pytest.mark.parametrize("impl", ["kdlm", "reference", "floor"])
 def test_measure_in_process(impl):
-    got = bench._measure({"tokens": 8, "vocab": 50, "repeats": 3, "impl": impl, "loss": "atkd"})
+    got = losses.measure({"tokens": 8, "vocab": 50, "repeats": 3, "impl": impl, "loss": "atkd"})
     assert got["time_ms"] > 0
     assert got["floor_ms"] > 0  # every measurement times its own floor, in turn with the step
     assert math.isnan(got["peak_extra_mb"]) or got["peak_extra_mb"] >= 0
@@ -57,3 +60,11 @@ def test_bad_arguments():
         bench.run(_parse("losses", "--losses", "nope"))
     with pytest.raises(ValueError, match="repeats"):
         bench.run(_parse("losses", "--repeats", "1"))
+
+
+def test_the_command_line_imports_no_benchmark():
+    # `kdlm` registers these options on every call and each measurement's worker imports the package:
+    # the benchmark modules (torch, transformers) are imported only by the sub-command that runs
+    code = "import sys, kdlm.bench; print(sorted(m for m in sys.modules if m.startswith(('kdlm.bench.', 'torch'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

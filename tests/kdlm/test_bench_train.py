@@ -7,6 +7,7 @@ without it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
@@ -16,6 +17,10 @@ import pandas as pd
 import pytest
 
 import kdlm.bench as bench
+import kdlm.training.trainer as trainer_module
+from kdlm.bench import train as bench_train
+from kdlm.data.mixing import mix
+from kdlm.training.config import MethodConfig
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -73,6 +78,45 @@ def test_trl_side_computes_the_same_forward_kl(lab, tmp_path, capsys):
     assert rows["trl_gkd"]["first_loss"] == pytest.approx(rows["kdlm_forward"]["first_loss"], rel=1e-4)
     assert figures["kdlm_vs_trl"] == pytest.approx(figures["kdlm_forward_tokens_per_s"] / figures["trl_tokens_per_s"])
     assert len(pd.read_parquet(tmp_path / "bench" / "train.parquet")) == 2
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_bench_trains_with_the_trainers_arguments(lab, lab_records, tmp_path, monkeypatch):
+    # the arguments `kdlm distill` trains with: catch them where train() hands them to the trainer
+    seen = {}
+
+    def capture(*args, **kwargs):
+        seen["args"] = kwargs["args"]
+        raise _Stop
+
+    monkeypatch.setattr(trainer_module, "DistillTrainer", capture)
+    mix(lab_records["train"], tmp_path / "gt.parquet", "gt")
+    cfg = bench_train.train_config(_tiny(lab, tmp_path))
+    with pytest.raises(_Stop):
+        trainer_module.train(student_path=str(lab["student"]), teacher_path=str(lab["teacher"]),
+                             data_path=tmp_path / "gt.parquet", out_dir=tmp_path / "run", method=MethodConfig(loss="forward"),
+                             cfg=cfg, checkpoint_dir=tmp_path / "ckpt")  # fmt: skip
+    trained = seen["args"].to_dict()
+    assert trained == trainer_module.training_arguments(cfg, tmp_path / "ckpt").to_dict()
+    benched = bench_train.kdlm_arguments(cfg, tmp_path / "ckpt").to_dict()
+    differ = {key for key in trained if trained[key] != benched[key]}
+    assert differ == set(bench_train.BENCH_OVERRIDES), "the bench differs from training only in its documented overrides"
+    assert benched == {**trained, **bench_train.BENCH_OVERRIDES}
+    assert (benched["max_steps"], benched["per_device_train_batch_size"]) == (3, 4)  # the bench's steps and batch
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl is not installed (pip install -e .[bench])")
+def test_trl_config_shares_every_training_argument(lab, tmp_path):
+    from transformers import TrainingArguments
+
+    kdlm_args = bench_train.kdlm_arguments(bench_train.train_config(_tiny(lab, tmp_path)), tmp_path / "trl")
+    config = bench_train.trl_config(kdlm_args, 48)
+    for field in dataclasses.fields(TrainingArguments):
+        assert getattr(config, field.name) == getattr(kdlm_args, field.name), field.name
+    assert (config.beta, config.lmbda, config.seq_kd, config.gradient_checkpointing, config.bf16) == (0.0, 0.0, False, False, False)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kdlm.lab.corpus import FAMILIES, MEMORIZED, CorpusConfig, build_corpus, fact_table, training_texts
+from kdlm.lab.build import build_lab
+from kdlm.lab.corpus import (
+    FAMILIES,
+    MEMORIZED,
+    CorpusConfig,
+    build_corpus,
+    fact_table,
+    training_texts,
+    write_corpus,
+)
 from kdlm.lab.models import FAMILIES as MODEL_FAMILIES
 from kdlm.lab.models import LabModelConfig, build_model
 from kdlm.lab.tokenizer import train_tokenizer
@@ -101,3 +110,23 @@ def test_bad_model_config_is_rejected():
         LabModelConfig(family="gpt2")
     with pytest.raises(ValueError, match="divisible"):
         LabModelConfig(hidden_size=30, num_heads=4)
+
+
+def test_build_lab_is_the_three_steps_in_one_directory(tmp_path):
+    corpus = CorpusConfig(n_train=40, n_validation=3, n_test=3)
+    models = {"big": LabModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, seed=2),
+              "small": LabModelConfig(family="opt", hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16, seed=3)}  # fmt: skip
+    lab = build_lab(tmp_path / "lab", corpus, models, vocab_size=300)
+    assert set(lab) == {"root", "corpus", "tokenizer", "train_json", "validation_json", "test_json", "big", "small"}
+    assert all(path.parent == tmp_path / "lab" or path == tmp_path / "lab" for k, path in lab.items() if not k.endswith("_json"))
+    # the same files as the steps run one by one (what `kdlm lab corpus|tokenizer|model` do)
+    steps = tmp_path / "steps"
+    write_corpus(build_corpus(corpus), steps / "corpus")
+    train_tokenizer(training_texts([steps / "corpus" / "train.json"]), 300, steps / "tokenizer")
+    for name, cfg in models.items():
+        build_model(cfg, steps / "tokenizer", steps / name)
+    for path in sorted(steps.rglob("*")):
+        if path.is_file():
+            assert (tmp_path / "lab" / path.relative_to(steps)).read_bytes() == path.read_bytes(), path
+    with pytest.raises(ValueError, match="plain directory names"):
+        build_lab(tmp_path / "bad", corpus, {"tokenizer": models["big"]}, vocab_size=300)

@@ -7,20 +7,21 @@ are timed:
 * **kdlm** (one row per ``--losses`` entry, default ``forward`` and ``atkd``): the
   :class:`kdlm.training.trainer.DistillTrainer` that ``kdlm distill`` runs, on the
   :class:`kdlm.training.data.ExampleDataset` / ``collate_indexed`` batches it trains on, with the
-  ``TrainingArguments`` :func:`kdlm.training.trainer.train` builds, except that saving, logging and the
-  progress bar are off (``save_strategy="no"``, ``logging_strategy="no"``, ``disable_tqdm``).
+  ``TrainingArguments`` that :func:`kdlm.training.trainer.training_arguments` builds for ``kdlm distill``
+  (:func:`kdlm_arguments`), except for the fields in :data:`BENCH_OVERRIDES`: saving, logging and the
+  progress bar are off.
 * **TRL**: ``trl.experimental.gkd.GKDTrainer`` (in TRL 1.16 it lives under ``trl.experimental``) with
   ``GKDConfig(beta=0, lmbda=0, seq_kd=False)``: no on-policy generation, the ground-truth responses are
   trained on, and the loss is TRL's ``generalized_jsd_loss`` at ``beta=0``, which (checked in TRL
   1.16's source) is ``F.kl_div(student_log_probs, teacher_log_probs, log_target=True)`` summed over the
   vocabulary, i.e. the forward KL(p_teacher || p_student) per counted token, divided by the number of
   counted tokens: the same quantity as kdlm's ``forward`` loss (the JSON's ``first_loss`` of both rows
-  agree). TRL's defaults that differ from ``TrainingArguments`` are set back to kdlm's:
-  ``gradient_checkpointing=False`` (TRL defaults to ``True``) and ``bf16=False`` (TRL defaults to
-  ``True``, which on a CPU means bfloat16 autocast); generation ``temperature=1.0`` is unused at
-  ``lmbda=0``. The dataset is the same tokenized examples as a ``datasets.Dataset`` (what TRL's trainers
-  take), ``skip_prepare_dataset`` on, and the collator is kdlm's ``collate``, so the padded batches are
-  identical; every other ``TrainingArguments`` field is given the same value on both sides.
+  agree). Every ``TrainingArguments`` field of the ``GKDConfig`` is given kdlm's value
+  (:func:`trl_config`), which sets TRL's defaults that differ back to kdlm's (among them
+  ``gradient_checkpointing=False`` and ``bf16=False``, which TRL defaults to ``True``: on a CPU that
+  means bfloat16 autocast); generation ``temperature=1.0`` is unused at ``lmbda=0``. The dataset is the
+  same tokenized examples as a ``datasets.Dataset`` (what TRL's trainers take), ``skip_prepare_dataset``
+  on, and the collator is kdlm's ``collate``, so the padded batches are identical.
 
 Models: without ``--teacher``/``--student`` a lab pair of the default study's sizes is built in a
 temporary directory (random weights; throughput does not depend on them): teacher LLaMA 4 layers x 256
@@ -41,7 +42,13 @@ interleaved round by round (kdlm forward, TRL, kdlm atkd, ...), in the same proc
 torch threads; each side's fastest run is kept (other load on the machine only ever slows a run down;
 every run's tokens/s is in ``tokens_per_s_runs``).
 
-Acceptance (issue 5): kdlm forward >= 1.0x TRL's tokens/s; kdlm ATKD >= 0.8x kdlm forward's.
+Figures: per side, counted tokens, seconds, ``tokens_per_s`` (counted tokens per second) and
+``all_tokens_per_s`` (non-pad tokens per second), ``first_loss`` (the loss of the first batch);
+``kdlm_vs_trl`` is kdlm forward's tokens/s over TRL's (its check, ``ok_kdlm_vs_trl``: ``>= 1.0``:
+kdlm trains at least as fast as TRL on the same work), ``atkd_vs_forward`` is kdlm ATKD's over kdlm
+forward's (its check, ``ok_atkd_vs_forward``: ``>= 0.8``: ATKD's extra work costs at most a fifth of
+the throughput), and ``same_batches`` says every side counted the same tokens.
+
 TRL is an optional extra (``pip install -e .[bench]``); without it, or with ``--no-trl``, only kdlm's
 rows are measured.
 """
@@ -49,70 +56,93 @@ rows are measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
+import tempfile
+import time
+import warnings
+from functools import partial
 from pathlib import Path
-from typing import Any
 
-DEFAULT_TRAIN_OUT = Path("results/bench/train.parquet")
+import torch
+import transformers
+from datasets import Dataset
+from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+from kdlm.bench.common import console, mark, table, threads, write_rows
+from kdlm.data.templates import format_prompt
+from kdlm.data.tokenize import IGNORE_INDEX, collate, encode_example
+from kdlm.lab.build import build_lab
+from kdlm.lab.corpus import CorpusConfig, build_corpus
+from kdlm.lab.models import LabModelConfig
+from kdlm.losses import LOSSES
+from kdlm.models import check_vocab_compatible, load_model, load_tokenizer, set_threads
+from kdlm.training.config import MethodConfig, TrainConfig
+from kdlm.training.data import ExampleDataset, collate_indexed
+from kdlm.training.trainer import DistillTrainer, training_arguments
+
 TRL_HINT = "trl is not installed; install the bench extra: pip install -e .[bench] (or pass --no-trl)"
 TRL_SIDE = "trl_gkd"
 
 # the study's models (config/config.yaml lab.models) and tokenizer size
-TEACHER = {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 1024, "seed": 0}
-STUDENT = {"hidden_size": 96, "num_layers": 2, "num_heads": 4, "intermediate_size": 256, "seed": 1}
+TEACHER = LabModelConfig(family="llama", hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, seed=0)
+STUDENT = LabModelConfig(family="llama", hidden_size=96, num_layers=2, num_heads=4, intermediate_size=256, seed=1)
 VOCAB = 1024
 N_CORPUS = 3000
 
-
-def add_train_arguments(sub) -> None:
-    """Add ``bench train`` to the ``bench`` subparsers ``sub``."""
-    p = sub.add_parser("train", help="distillation tokens/s of kdlm's trainer vs TRL's GKDTrainer")
-    p.add_argument("--teacher", type=Path, default=None, help="teacher directory (default: build a lab pair)")
-    p.add_argument("--student", type=Path, default=None, help="student directory (default: build a lab pair)")
-    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per side (default 20)")
-    p.add_argument("--warmup-steps", type=int, default=3, help="untimed steps before them (default 3)")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per step (default 32, the study's)")
-    p.add_argument("--max-length", type=int, default=128, help="max tokens per example (default 128, the study's)")
-    p.add_argument("--repeats", type=int, default=3, help="measurements per side, interleaved; the fastest is kept (default 3)")
-    p.add_argument("--losses", nargs="+", default=["forward", "atkd"], metavar="NAME",
-                   help="kdlm losses to measure (default: forward atkd; forward is always measured)")  # fmt: skip
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3, the study's)")
-    p.add_argument("--template", default="paper", help="prompt template (default paper)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--no-trl", action="store_true", help="measure kdlm only (TRL is the optional bench extra)")
-    p.add_argument("--out", type=Path, default=DEFAULT_TRAIN_OUT, help=f"parquet file to write (default {DEFAULT_TRAIN_OUT})")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
-    p.set_defaults(bench_func=bench_train)
+# The only TrainingArguments fields whose values differ from what `kdlm distill` trains with: the
+# benchmark times training steps, so it writes no checkpoints, logs nothing (`logging_first_step` too:
+# it would log at the end of step 1, inside the timed window when --warmup-steps is 1) and shows no
+# progress bar.
+BENCH_OVERRIDES = {"save_strategy": "no", "logging_strategy": "no", "logging_first_step": False, "disable_tqdm": True}
 
 
 # --------------------------------------------------------------------------------------------------
-# setup: models and data
+# setup: models, data and the training arguments
 # --------------------------------------------------------------------------------------------------
 
 
 def _lab_pair(root: Path) -> tuple[Path, Path]:
     """A lab teacher and student of the default study's sizes (random weights) in ``root``."""
-    from kdlm.lab.corpus import CorpusConfig, build_corpus, training_texts, write_corpus
-    from kdlm.lab.models import LabModelConfig, build_model
-    from kdlm.lab.tokenizer import train_tokenizer
-
-    paths = write_corpus(build_corpus(CorpusConfig(n_train=N_CORPUS, n_validation=1, n_test=1)), root / "corpus")
-    train = next(p for p in paths if p.stem == "train")
-    train_tokenizer(training_texts([train]), VOCAB, root / "tokenizer")
-    build_model(LabModelConfig(family="llama", **TEACHER), root / "tokenizer", root / "teacher")
-    build_model(LabModelConfig(family="llama", **STUDENT), root / "tokenizer", root / "student")
-    return root / "teacher", root / "student"
+    lab = build_lab(root, CorpusConfig(n_train=N_CORPUS, n_validation=1, n_test=1),
+                    {"teacher": TEACHER, "student": STUDENT}, VOCAB)  # fmt: skip
+    return lab["teacher"], lab["student"]
 
 
 def _pairs(n: int, template: str) -> tuple[list[str], list[str]]:
     """``n`` lab train prompts (through ``template``) and their ground-truth responses."""
-    from kdlm.data.templates import format_prompt
-    from kdlm.lab.corpus import CorpusConfig, build_corpus
-
     records = build_corpus(CorpusConfig(n_train=max(n, N_CORPUS), n_validation=1, n_test=1))["train"][:n]
     return [format_prompt(r["instruction"], r["input"], template) for r in records], [r["output"] for r in records]
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The training settings both sides run with: the study's, at the benchmark's steps and shapes."""
+    return TrainConfig(max_steps=args.warmup_steps + args.steps, lr=args.lr, scheduler="cosine", warmup_ratio=0.03,
+                       batch_size=args.batch_size, grad_accum=1, max_length=args.max_length, seed=0)  # fmt: skip
+
+
+def kdlm_arguments(cfg: TrainConfig, output_dir: str | Path) -> TrainingArguments:
+    """``kdlm distill``'s arguments for ``cfg`` (:func:`training_arguments`) with :data:`BENCH_OVERRIDES`."""
+    return dataclasses.replace(training_arguments(cfg, output_dir), **BENCH_OVERRIDES)
+
+
+def trl_config(kdlm_args: TrainingArguments, max_length: int):
+    """TRL's ``GKDConfig`` for the forward KL on ground truth, every ``TrainingArguments`` field as in ``kdlm_args``."""
+    from trl.experimental.gkd import GKDConfig
+
+    shared = {f.name: getattr(kdlm_args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+    return GKDConfig(
+        **shared,
+        beta=0.0,  # generalized_jsd_loss at beta=0: KL(teacher || student), the forward KL
+        lmbda=0.0,  # never generate on-policy: train on the dataset's (ground-truth) responses
+        seq_kd=False,  # nor on teacher generations
+        temperature=1.0,  # sampling temperature only (unused at lmbda=0); the loss runs at temperature 1
+        max_length=max_length,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -120,40 +150,44 @@ def _pairs(n: int, template: str) -> tuple[list[str], list[str]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _metered(trainer_cls, warmup: int, last: int):
-    """``trainer_cls`` with a meter: counted/non-pad tokens of the timed steps and the clock around them.
+class Meter(TrainerCallback):
+    """Counted/non-pad tokens of the steps after ``warmup`` up to ``last`` and the clock around them."""
 
-    Returns the subclass and its callback; the callback holds the figures after ``train()``.
-    """
-    import time
+    def __init__(self, warmup: int, last: int) -> None:
+        self.warmup, self.last = warmup, last
+        self.counted = self.tokens = 0
+        self.t0 = self.t1 = math.nan
+        self.first_loss = math.nan
 
-    import torch
-    from transformers import TrainerCallback
+    def count(self, step: int, inputs: dict) -> None:
+        if self.warmup <= step < self.last:  # `step` optimizer steps are done: this batch is step `step + 1`
+            self.counted += int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+            self.tokens += int(inputs["attention_mask"].sum())
 
-    from kdlm.data.tokenize import IGNORE_INDEX
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in (self.warmup, self.last):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if state.global_step == self.warmup:
+                self.t0 = time.perf_counter()
+            else:
+                self.t1 = time.perf_counter()
+        return control
 
-    class Meter(TrainerCallback):
-        def __init__(self) -> None:
-            self.counted = self.tokens = 0
-            self.t0 = self.t1 = math.nan
-            self.first_loss = math.nan
+    def figures(self) -> dict[str, float]:
+        seconds = self.t1 - self.t0
+        return {
+            "seconds": seconds,
+            "counted_tokens": self.counted,
+            "tokens": self.tokens,
+            "tokens_per_s": self.counted / seconds,
+            "all_tokens_per_s": self.tokens / seconds,
+            "first_loss": self.first_loss,
+        }
 
-        def count(self, step: int, inputs: dict) -> None:
-            if warmup <= step < last:  # `step` optimizer steps are done: this batch is step `step + 1`
-                self.counted += int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
-                self.tokens += int(inputs["attention_mask"].sum())
 
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step in (warmup, last):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                if state.global_step == warmup:
-                    self.t0 = time.perf_counter()
-                else:
-                    self.t1 = time.perf_counter()
-            return control
-
-    meter = Meter()
+def _metered(trainer_cls, meter: Meter):
+    """``trainer_cls`` whose ``training_step`` reports each micro-batch and the first loss to ``meter``."""
 
     class Metered(trainer_cls):
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -165,101 +199,45 @@ def _metered(trainer_cls, warmup: int, last: int):
             return loss
 
     Metered.__name__ = Metered.__qualname__ = f"Metered{trainer_cls.__name__}"
-    return Metered, meter
+    return Metered
 
 
-def _common_args(out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """TrainingArguments fields given the same value on both sides (kdlm's `train()` values, quiet)."""
-    import os
-
-    import torch
-
-    from kdlm.training.config import TrainConfig
-
-    cfg = TrainConfig(max_steps=args.warmup_steps + args.steps, lr=args.lr, scheduler="cosine", warmup_ratio=0.03,
-                      batch_size=args.batch_size, grad_accum=1, max_length=args.max_length, seed=0)  # fmt: skip
-    cpu = not torch.cuda.is_available()
-    return {
-        "output_dir": str(out_dir),
-        "num_train_epochs": cfg.epochs,
-        "max_steps": cfg.max_steps,
-        "learning_rate": cfg.lr,
-        "lr_scheduler_type": cfg.scheduler,
-        "warmup_steps": cfg.warmup_ratio,
-        "weight_decay": cfg.weight_decay,
-        "per_device_train_batch_size": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "max_grad_norm": cfg.max_grad_norm,
-        "bf16": cfg.bf16,
-        "seed": cfg.seed,
-        "data_seed": cfg.seed,
-        "gradient_checkpointing": False,
-        "logging_strategy": "no",
-        "logging_steps": cfg.logging_steps,  # unused with logging off; TRL defaults to 10, TrainingArguments to 500
-        "save_strategy": "no",
-        "eval_strategy": "no",
-        "report_to": "none",
-        "remove_unused_columns": False,
-        "dataloader_num_workers": 0,
-        "use_cpu": cpu,
-        "ddp_backend": "gloo" if cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
-        "disable_tqdm": True,
-    }
+def _quiet(trainer):
+    """``trainer`` without the callback that prints the end-of-training metrics (both sides alike)."""
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def _run_kdlm(loss: str, paths: dict[str, Path], data: tuple[list[str], list[str]], args: argparse.Namespace,
-              tmp: Path) -> dict:
-    from functools import partial
-
-    from transformers import TrainingArguments
-
-    from kdlm.models import check_vocab_compatible, load_model, load_tokenizer
-    from kdlm.training.config import MethodConfig
-    from kdlm.training.data import ExampleDataset, collate_indexed
-    from kdlm.training.trainer import DistillTrainer
-
+              tmp: Path) -> dict:  # fmt: skip
     tokenizer = load_tokenizer(paths["student"])
     student, teacher = load_model(paths["student"]), load_model(paths["teacher"])
     vocab_size = check_vocab_compatible(student, teacher, tokenizer, load_tokenizer(paths["teacher"]))
     dataset = ExampleDataset(*data, tokenizer, args.max_length)
-    cls, meter = _metered(DistillTrainer, args.warmup_steps, args.warmup_steps + args.steps)
-    trainer = _quiet(cls(
+    meter = Meter(args.warmup_steps, args.warmup_steps + args.steps)
+    trainer = _quiet(_metered(DistillTrainer, meter)(
         model=student,
-        args=TrainingArguments(**_common_args(tmp / f"kdlm-{loss}", args)),
+        args=kdlm_arguments(train_config(args), tmp / f"kdlm-{loss}"),
         train_dataset=dataset,
         data_collator=partial(collate_indexed, pad_token_id=tokenizer.pad_token_id),
         teacher=teacher,
         method=MethodConfig(loss=loss),
         vocab_size=vocab_size,
         callbacks=[meter],
-    ))
+    ))  # fmt: skip
     trainer.train()
-    return _figures(meter)
+    return meter.figures()
 
 
 def _run_trl(paths: dict[str, Path], data: tuple[list[str], list[str]], args: argparse.Namespace, tmp: Path) -> dict:
-    from functools import partial
-
-    from datasets import Dataset
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
-
-    from kdlm.data.tokenize import collate, encode_example
-    from kdlm.models import load_model, load_tokenizer
+    from trl.experimental.gkd import GKDTrainer
 
     tokenizer = load_tokenizer(paths["student"])
     examples = [encode_example(tokenizer, p, r, args.max_length) for p, r in zip(*data, strict=True)]
     student, teacher = load_model(paths["student"]), load_model(paths["teacher"])
-    config = GKDConfig(
-        **_common_args(tmp / "trl", args),
-        beta=0.0,  # generalized_jsd_loss at beta=0: KL(teacher || student), the forward KL
-        lmbda=0.0,  # never generate on-policy: train on the dataset's (ground-truth) responses
-        seq_kd=False,  # nor on teacher generations
-        temperature=1.0,  # sampling temperature only (unused at lmbda=0); the loss runs at temperature 1
-        max_length=args.max_length,
-        dataset_kwargs={"skip_prepare_dataset": True},
-    )
-    cls, meter = _metered(GKDTrainer, args.warmup_steps, args.warmup_steps + args.steps)
-    trainer = _quiet(cls(
+    config = trl_config(kdlm_arguments(train_config(args), tmp / "trl"), args.max_length)
+    meter = Meter(args.warmup_steps, args.warmup_steps + args.steps)
+    trainer = _quiet(_metered(GKDTrainer, meter)(
         model=student,
         teacher_model=teacher,
         args=config,
@@ -267,35 +245,13 @@ def _run_trl(paths: dict[str, Path], data: tuple[list[str], list[str]], args: ar
         data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=[meter],
-    ))
+    ))  # fmt: skip
     trainer.train()
-    return _figures(meter)
-
-
-def _quiet(trainer):
-    """``trainer`` without the callback that prints the end-of-training metrics (both sides alike)."""
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    return trainer
-
-
-def _figures(meter) -> dict[str, float]:
-    seconds = meter.t1 - meter.t0
-    return {
-        "seconds": seconds,
-        "counted_tokens": meter.counted,
-        "tokens": meter.tokens,
-        "tokens_per_s": meter.counted / seconds,
-        "all_tokens_per_s": meter.tokens / seconds,
-        "first_loss": meter.first_loss,
-    }
+    return meter.figures()
 
 
 def _trl_version() -> str | None:
     """TRL's version if its GKDTrainer imports, else None (after saying why on stderr)."""
-    import warnings
-
     try:
         import trl
     except ImportError:
@@ -317,19 +273,8 @@ def _trl_version() -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def bench_train(args: argparse.Namespace) -> int:
-    """Run ``kdlm bench train``; returns the exit status."""
-    import tempfile
-    import warnings
-
-    import torch
-    import transformers
-
-    from kdlm.bench import _threads
-    from kdlm.io import atomic_path
-    from kdlm.losses import LOSSES
-    from kdlm.models import set_threads
-
+def run(args: argparse.Namespace) -> int:
+    """Run ``kdlm bench train``: measure, write ``args.out``, print the table (or JSON); returns 0."""
     if args.steps < 1 or args.warmup_steps < 1 or args.batch_size < 1 or args.max_length < 2 or args.repeats < 1:
         raise ValueError(f"--steps, --warmup-steps, --batch-size and --repeats must be >= 1 and --max-length >= 2, got "
                          f"{args.steps}, {args.warmup_steps}, {args.batch_size}, {args.repeats}, {args.max_length}")  # fmt: skip
@@ -383,7 +328,7 @@ def bench_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "max_length": args.max_length,
         "repeats": args.repeats,
-        "threads": _threads(),
+        "threads": threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
     for side in [*(f"kdlm_{name}" for name in losses), *([TRL_SIDE] if TRL_SIDE in kept else [])]:
@@ -416,10 +361,7 @@ def bench_train(args: argparse.Namespace) -> int:
         "same_batches": len({r["counted_tokens"] for r in rows}) == 1 and len({r["tokens"] for r in rows}) == 1,
         "rows": rows,
     }
-    import pandas as pd
-
-    with atomic_path(args.out) as tmp_out:
-        pd.DataFrame(rows).to_parquet(tmp_out, index=False)
+    write_rows(rows, args.out)
     if args.json:
         print(json.dumps(figures, indent=1))
     else:
@@ -433,30 +375,25 @@ def _best_run(runs: list[dict]) -> dict:
 
 
 def _print_table(figures: dict, args: argparse.Namespace) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    def mark(ok: bool | None) -> str:
-        return "" if ok is None else ("[green]ok[/]" if ok else "[red]FAIL[/]")
-
-    table = Table(title=f"kdlm bench train: {figures['models']}; batch {args.batch_size}, max length {args.max_length}, "
-                        f"{args.steps} timed steps after {args.warmup_steps}, best of {args.repeats}, "
-                        f"{figures['device']}, {figures['threads']} threads, TRL {figures['trl'] or 'not measured'}")  # fmt: skip
-    for col in ("side", "loss", "counted tokens", "seconds", "tokens/s", "all tokens/s", "first loss", "vs TRL", "vs forward"):
-        table.add_column(col, justify="left" if col in ("side", "loss") else "right")
+    result = table(f"kdlm bench train: {figures['models']}; batch {args.batch_size}, max length {args.max_length}, "
+                   f"{args.steps} timed steps after {args.warmup_steps}, best of {args.repeats}, "
+                   f"{figures['device']}, {figures['threads']} threads, TRL {figures['trl'] or 'not measured'}",
+                   ("side", "loss", "counted tokens", "seconds", "tokens/s", "all tokens/s", "first loss", "vs TRL",
+                    "vs forward"),
+                   left=("side", "loss"))  # fmt: skip
     for r in figures["rows"]:
-        table.add_row(r["side"], r["loss"], str(r["counted_tokens"]), f"{r['seconds']:.2f}", f"{r['tokens_per_s']:.0f}",
-                      f"{r['all_tokens_per_s']:.0f}", f"{r['first_loss']:.4f}",
-                      "" if math.isnan(r["vs_trl"]) else f"{r['vs_trl']:.2f}x", f"{r['vs_forward']:.2f}x")  # fmt: skip
-    console = Console(width=160)
-    console.print(table)
+        result.add_row(r["side"], r["loss"], str(r["counted_tokens"]), f"{r['seconds']:.2f}", f"{r['tokens_per_s']:.0f}",
+                       f"{r['all_tokens_per_s']:.0f}", f"{r['first_loss']:.4f}",
+                       "" if math.isnan(r["vs_trl"]) else f"{r['vs_trl']:.2f}x", f"{r['vs_forward']:.2f}x")  # fmt: skip
+    out = console(160)
+    out.print(result)
     if figures["kdlm_vs_trl"] is not None:
-        console.print(f"kdlm forward / TRL GKD = {figures['kdlm_vs_trl']:.2f}x (>= 1.0x: {mark(figures['ok_kdlm_vs_trl'])})")
+        out.print(f"kdlm forward / TRL GKD = {figures['kdlm_vs_trl']:.2f}x (>= 1.0x: {mark(figures['ok_kdlm_vs_trl'])})")
     else:
-        console.print(f"TRL not measured ({'--no-trl' if args.no_trl else TRL_HINT})")
+        out.print(f"TRL not measured ({'--no-trl' if args.no_trl else TRL_HINT})")
     if figures["atkd_vs_forward"] is not None:
-        console.print(f"kdlm atkd / kdlm forward = {figures['atkd_vs_forward']:.2f}x "
-                      f"(>= 0.8x: {mark(figures['ok_atkd_vs_forward'])})")  # fmt: skip
+        out.print(f"kdlm atkd / kdlm forward = {figures['atkd_vs_forward']:.2f}x "
+                  f"(>= 0.8x: {mark(figures['ok_atkd_vs_forward'])})")  # fmt: skip
     if not figures["same_batches"]:
-        console.print("[red]the sides did not train on the same tokens[/]")
-    console.print(f"wrote {args.out}")
+        out.print("[red]the sides did not train on the same tokens[/]")
+    out.print(f"wrote {args.out}")
