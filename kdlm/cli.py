@@ -26,7 +26,8 @@ from kdlm.lab.corpus import FAMILIES as CORPUS_FAMILIES
 from kdlm.lab.corpus import CorpusConfig, build_corpus, training_texts, write_corpus
 from kdlm.lab.models import FAMILIES as MODEL_FAMILIES
 from kdlm.lab.models import LabModelConfig, build_model
-from kdlm.lab.tokenizer import TokenizerSettings, train_tokenizer
+from kdlm.lab.spec import TokenizerSettings
+from kdlm.lab.tokenizer import train_tokenizer
 from kdlm.models import set_threads
 from kdlm.report import ReportConfig, write_report
 from kdlm.results import show_results

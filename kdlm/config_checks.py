@@ -12,8 +12,7 @@ from kdlm.decoding import GenerateConfig
 from kdlm.evaluation.judge import JudgeConfig
 from kdlm.evaluation.lmeval import HarnessConfig
 from kdlm.lab.corpus import CorpusConfig
-from kdlm.lab.models import LabModelConfig
-from kdlm.lab.tokenizer import TokenizerSettings
+from kdlm.lab.spec import LabModelConfig, TokenizerSettings
 from kdlm.methods import validate_hparams
 from kdlm.sections import build
 from kdlm.study import NO_TEACHER, SOURCES, MixSettings, Threads

@@ -38,9 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import pandas as pd
+import torch
 from tqdm.auto import tqdm
+from transformers import AutoConfig
 
+from kdlm.data.templates import format_prompt
 from kdlm.decoding import GenerateConfig
+from kdlm.io import atomic_path
+from kdlm.models import load_inference_model, load_tokenizer
+from kdlm.schemas import GENERATED, RECORDS, read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +113,6 @@ class HFBackend:
         return results
 
     def _batch(self, batch: Sequence[list[int]], seed: int) -> list[dict]:
-        import torch
 
         cfg, tokenizer = self.cfg, self.tokenizer
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -309,11 +315,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def _plan_for(model_path: str, records_path: Path, cfg: GenerateConfig, model_name: str, template: str):
-    from transformers import AutoConfig
 
-    from kdlm.data.templates import format_prompt
-    from kdlm.models import load_tokenizer
-    from kdlm.schemas import RECORDS, read_table
 
     records = read_table(records_path, RECORDS)
     prompts = [format_prompt(r.instruction, r.input, template) for r in records.itertuples()]
@@ -345,7 +347,6 @@ def generate_for_records(
     Raises:
         ValueError: for `shard` with `merge_only`, a missing shard at merge time, or bad settings.
     """
-    from kdlm.schemas import GENERATED, write_table
 
     if shard is not None and merge_only:
         raise ValueError("--shard and --merge exclude each other: merge once after every shard job is done")
@@ -382,13 +383,11 @@ def generate_for_records(
 def _backend(model_path: str, tokenizer, cfg: GenerateConfig) -> Backend:
     if cfg.backend == "vllm":
         return VLLMBackend(model_path, tokenizer, cfg)
-    from kdlm.models import load_inference_model
 
     return HFBackend(load_inference_model(model_path), tokenizer, cfg)
 
 
 def _frame(plan: Plan, rows: list[int], results: list[dict], model_name: str, cfg: GenerateConfig):
-    import pandas as pd
 
     df = pd.DataFrame(results)
     df.insert(0, "id", [plan.ids[r] for r in rows])
@@ -401,7 +400,6 @@ def _frame(plan: Plan, rows: list[int], results: list[dict], model_name: str, cf
 
 def _write_plan(out: Path, plan: Plan, cfg: GenerateConfig, model_name: str, template: str) -> None:
     """A readable description of the plan beside its shards (for people; resume does not read it)."""
-    from kdlm.io import atomic_path
 
     path = shards_root(out) / plan.fingerprint / "plan.json"
     if path.exists():
@@ -419,9 +417,7 @@ def merge_shards(plan: Plan, out: Path, cfg: GenerateConfig, model_name: str, re
     Raises:
         ValueError: if a shard is missing or the shards do not hold exactly the planned records.
     """
-    import pandas as pd
 
-    from kdlm.schemas import GENERATED, read_table, write_table
 
     files = [shard_file(out, plan, k) for k in range(len(plan.shards))]
     missing = [k for k, f in enumerate(files) if not f.exists()]

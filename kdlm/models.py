@@ -9,19 +9,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 log = logging.getLogger(__name__)
 
 
 def set_threads(threads: int | None) -> None:
     """Cap torch's CPU threads so parallel Snakemake jobs do not oversubscribe the cores."""
-    import torch
 
     if threads:
         torch.set_num_threads(threads)
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
@@ -36,8 +37,6 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
 
 def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
     """A causal LM from safetensors weights."""
-    import torch
-    from transformers import AutoModelForCausalLM
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     return AutoModelForCausalLM.from_pretrained(
@@ -48,7 +47,6 @@ def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool
 def inference_placement(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
     """Where generation and evaluation run: "auto" means the first CUDA GPU in bf16 (float16 where bf16
     is missing) when there is one, else the CPU in float32; an explicit device or dtype is kept."""
-    import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

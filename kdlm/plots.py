@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from kdlm.io import atomic_path
+from kdlm.schemas import TRAIN_LOG, read_table
 from kdlm.study import EVAL_METRICS, RunId
 
 ATKD_COLUMNS = ("atkd_threshold", "atkd_n_easy", "atkd_n_hard", "atkd_loss_easy", "atkd_loss_hard")
@@ -16,6 +20,8 @@ SCORE_METRICS = tuple(m.name for m in EVAL_METRICS)
 
 
 def _pyplot():
+    """pyplot on the Agg backend (no display on cluster nodes): the backend must be chosen before pyplot
+    is first imported, so both imports happen here."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +31,6 @@ def _pyplot():
 
 
 def _save(fig, out: Path) -> None:
-    from kdlm.io import atomic_path
 
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -43,7 +48,6 @@ def run_id(train_log: Path) -> str:
 
 def plot_scores(summary, metric: str, out: Path) -> None:
     """Grouped bars: one group per task, one bar per model, error bars = 95% bootstrap interval."""
-    import numpy as np
 
     plt = _pyplot()
     part = summary[summary["metric"] == metric]
@@ -66,7 +70,6 @@ def plot_scores(summary, metric: str, out: Path) -> None:
 
 
 def _read_logs(train_logs: list[Path]) -> dict[str, object]:
-    from kdlm.schemas import TRAIN_LOG, read_table
 
     return {run_id(path): read_table(path, TRAIN_LOG) for path in train_logs}
 

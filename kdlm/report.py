@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
+from kdlm.evaluation.lmeval import primary_scores
 from kdlm.evaluation.metrics import bootstrap_ci, paired_bootstrap, paired_differences
+from kdlm.io import atomic_path
+from kdlm.plots import write_plots
+from kdlm.schemas import EVAL, SUMMARY, read_metadata, read_table, write_table
 from kdlm.study import EVAL_METRICS
 from kdlm.study import METRICS as ALL_METRICS
 
@@ -55,7 +62,6 @@ def load_evaluations(eval_paths: list[Path]) -> list[Evaluation]:
     Raises:
         ValueError: for a file whose metadata lacks a description field, or an empty list.
     """
-    from kdlm.schemas import EVAL, read_metadata, read_table
 
     if not eval_paths:
         raise ValueError("no evaluation files to summarize")
@@ -87,7 +93,6 @@ def summarize(
     `judge` metric (from `kdlm judge` files) is the paper's Σ student / Σ reference; the `harness`
     metric (from `kdlm harness` files) each lm-eval task's headline score ± 1.96 stderr, NaN where the
     harness could not run (shown as "–")."""
-    import pandas as pd
 
     if evaluations and not isinstance(evaluations[0], Evaluation):
         evaluations = load_evaluations(evaluations)
@@ -116,10 +121,7 @@ def summarize(
 
 
 def _harness_rows(path: Path) -> list[dict]:
-    import pandas as pd
 
-    from kdlm.evaluation.lmeval import primary_scores
-    from kdlm.schemas import read_metadata
 
     meta = read_metadata(path)
     missing = [f for f in LABEL_FIELDS if f != "task" and f not in meta]
@@ -137,10 +139,7 @@ def _harness_rows(path: Path) -> list[dict]:
 def _judge_row(path: Path, n_resamples: int) -> dict:
     """Metric `judge` of one `kdlm judge` file: Σ student / Σ reference over the examples whose replies
     parsed, with a bootstrap interval of that ratio; n = those examples."""
-    import numpy as np
-    import pandas as pd
 
-    from kdlm.schemas import read_metadata
 
     meta = read_metadata(path)
     missing = [f for f in LABEL_FIELDS if f not in meta]
@@ -169,7 +168,6 @@ def paired_deltas(evaluations: list[Evaluation], baseline_method: str, n_resampl
         DataFrame: run fields, `baseline` (its model id), task, metric, delta, ci_low, ci_high, n,
         significant (the paired interval excludes 0). Empty when no run has a baseline.
     """
-    import pandas as pd
 
     runs = [ev for ev in evaluations if ev.meta["kind"] == "run"]
     index = {
@@ -289,10 +287,7 @@ def _delta_cell(metric: str, row) -> str:
 
 def write_report(eval_paths: list[Path], out_dir: Path, cfg: ReportConfig | None = None) -> Path:
     """Write summary.{parquet,csv,md} (and deltas.{parquet,csv}, plots) ; returns the markdown path."""
-    import pandas as pd
 
-    from kdlm.io import atomic_path
-    from kdlm.schemas import SUMMARY, write_table
 
     cfg = cfg or ReportConfig()
     evaluations = load_evaluations(eval_paths)
@@ -313,7 +308,6 @@ def write_report(eval_paths: list[Path], out_dir: Path, cfg: ReportConfig | None
     with atomic_path(md) as tmp:
         tmp.write_text(markdown_tables(summary, deltas, cfg.baseline_method))
     if cfg.plots_dir is not None:
-        from kdlm.plots import write_plots
 
         for note in write_plots(summary, cfg.train_logs, cfg.plots_dir):
             print(note)

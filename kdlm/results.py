@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
+from kdlm.schemas import SUMMARY, read_table
+
 
 def show_results(
     table: Path, filters: list[str], metric: str | None, task: str | None, sort: str | None
@@ -13,10 +18,7 @@ def show_results(
     Raises:
         ValueError: for a malformed filter or an unknown column.
     """
-    from rich.console import Console
-    from rich.table import Table
 
-    from kdlm.schemas import SUMMARY, read_table
 
     df = read_table(table, SUMMARY)
     for expression in filters:

@@ -21,6 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from kdlm.io import atomic_path
 from kdlm.schemas import RECORDS, write_table
 
@@ -99,15 +103,12 @@ def _jsonl(path: Path) -> Iterator[RawItem]:
 
 def _table(path: Path, fmt: str) -> Iterator[RawItem]:
     if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         try:
             rows = pq.read_table(path).to_pylist()  # native Python values, nested lists kept
         except (pa.ArrowInvalid, OSError) as err:
             raise RecordError(f"{path}: not a readable parquet file ({err})") from err
     else:
-        import pandas as pd
 
         try:
             rows = pd.read_csv(path, dtype=str, keep_default_na=False).to_dict(orient="records")
@@ -131,7 +132,7 @@ def load_hf_dataset(source: str, split: str | None = None, name: str | None = No
     Raises:
         ValueError: if the split does not exist or, with `split=None`, the data set has several.
     """
-    import datasets
+    import datasets  # only for the `hf` format: a heavy import the planner and other formats do without
 
     path = Path(source)
     if _is_saved_dataset(path):
@@ -289,7 +290,6 @@ def prepare(cfg: PrepareConfig) -> int:
     (written even when nothing was skipped, so a run's data loss is always on record); with
     `"error"` a stale counts file is removed. Nothing is written when loading fails.
     """
-    import pandas as pd
 
     report = LoadReport()
     records = load_records(cfg, report)

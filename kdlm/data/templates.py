@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from functools import cache
 
+from fastchat.conversation import get_conv_template
+
 PAPER = "Human:\n{query}\n\nAssistant:\n"
 ALPACA_NO_INPUT = (
     "Below is an instruction that describes a task. "
@@ -62,7 +64,6 @@ def check_template(template: str) -> None:
 
 
 def _fschat_prompt(name: str, query: str) -> str:
-    from fastchat.conversation import get_conv_template
 
     conv = get_conv_template(name)  # a fresh copy: appending does not touch the registry
     conv.append_message(conv.roles[0], query)

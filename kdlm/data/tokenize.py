@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 IGNORE_INDEX = -100
 
 
@@ -26,7 +28,6 @@ def encode_example(tokenizer, prompt: str, response: str, max_length: int) -> di
 
 def collate(examples: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict:
     """Right-pad a batch; attention_mask marks real tokens, padded labels are -100."""
-    import torch
 
     width = max(len(e["input_ids"]) for e in examples)
     input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)  # (B, T)

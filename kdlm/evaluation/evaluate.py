@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
+from kdlm.data.templates import format_prompt
+from kdlm.evaluation.metrics import SCORERS
 from kdlm.generation import GenerateConfig, generate_responses
+from kdlm.models import load_inference_model, load_tokenizer
+from kdlm.schemas import EVAL, RECORDS, read_table, write_table
 from kdlm.study import EVAL_METRICS
 
 
@@ -25,12 +31,7 @@ def evaluate_model(
     Returns:
         Task means, keyed by metric.
     """
-    import pandas as pd
 
-    from kdlm.data.templates import format_prompt
-    from kdlm.evaluation.metrics import SCORERS
-    from kdlm.models import load_inference_model, load_tokenizer
-    from kdlm.schemas import EVAL, RECORDS, read_table, write_table
 
     records = read_table(records_path, RECORDS)
     tokenizer = load_tokenizer(model_path)

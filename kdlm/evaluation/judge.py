@@ -25,7 +25,12 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
+import pandas as pd
 import pyarrow as pa
+
+from kdlm.io import atomic_path
+from kdlm.schemas import EVAL, RECORDS, read_metadata, read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +133,6 @@ class ReplyCache:
     """Judge replies in a parquet file, keyed by (judge model, question, answer 1, answer 2)."""
 
     def __init__(self, path: Path) -> None:
-        import pandas as pd
 
         self.path = Path(path)
         self.rows: dict[str, dict] = {}
@@ -147,9 +151,7 @@ class ReplyCache:
         self._dirty = True
 
     def save(self) -> None:
-        import pandas as pd
 
-        from kdlm.io import atomic_path
 
         if not self._dirty:
             return
@@ -173,7 +175,6 @@ class JudgeClient:
     async def ask_all(self, prompts: list[str], on_reply) -> list[BaseException | None]:
         """Ask every prompt; `on_reply(i, text)` is called as each reply arrives. Returns the error of
         each prompt that failed for good (None where it succeeded)."""
-        import httpx
 
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         semaphore = asyncio.Semaphore(self.cfg.concurrency)
@@ -191,7 +192,6 @@ class JudgeClient:
             return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
 
     async def _ask(self, client, prompt: str) -> str:
-        import httpx
 
         body = {
             "model": self.cfg.model,
@@ -263,9 +263,7 @@ def judge_evaluation(
     Raises:
         JudgeError: when some request failed for good; replies received so far stay cached.
     """
-    import pandas as pd
 
-    from kdlm.schemas import EVAL, RECORDS, read_metadata, read_table, write_table
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     evaluation = read_table(eval_path, EVAL)

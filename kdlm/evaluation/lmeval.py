@@ -8,9 +8,16 @@ the workflow's report shows an empty cell rather than failing as a whole.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kdlm.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +78,6 @@ def _run(model_dir: str, cfg: HarnessConfig) -> dict:
 
 def results_table(output: dict):
     """Long table of lm-eval's `results` (and `groups`): one row per task × metric × filter."""
-    import pandas as pd
 
     rows = []
     sections = {**output.get("results", {}), **output.get("groups", {})}
@@ -93,9 +99,7 @@ def evaluate_harness(model_dir: str, out: Path, cfg: HarnessConfig, label: dict 
     Raises:
         HarnessUnavailable: lm-eval missing or a data set unreachable, unless `cfg.on_error == "missing"`.
     """
-    import pandas as pd
 
-    from kdlm.io import atomic_path
 
     try:
         table = results_table(_run(model_dir, cfg))
@@ -106,10 +110,7 @@ def evaluate_harness(model_dir: str, out: Path, cfg: HarnessConfig, label: dict 
         table = pd.DataFrame([{"task": t, "metric": PRIMARY_METRIC.get(t, ""), "filter": "", "value": float("nan"),
                                "stderr": float("nan"), "status": "missing", "error": str(err)} for t in cfg.tasks],
                              columns=COLUMNS)  # fmt: skip
-    import json
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), "kdlm": json.dumps(label or {})})

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from rouge_score import rouge_scorer
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -31,7 +32,6 @@ def exact_match(prediction: str, reference: str) -> float:
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """ROUGE-L F-measure per example, with `rouge-score`'s tokenizer and stemming."""
-    from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]

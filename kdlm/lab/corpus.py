@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdlm.data.templates import format_prompt
 from kdlm.io import atomic_path
 
 Record = dict[str, str]
@@ -197,7 +198,6 @@ def corpus_texts(records: Iterable[Record]) -> Iterable[str]:
 
 def training_texts(paths: Iterable[Path], template: str = "paper") -> Iterator[str]:
     """Each record as the model will see it (prompt + response): what the lab tokenizer learns from."""
-    from kdlm.data.templates import format_prompt
 
     for path in paths:
         for record in json.loads(Path(path).read_text(encoding="utf-8")):

@@ -6,38 +6,18 @@ stage loads them exactly as it would load a hub checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, LlamaConfig, OPTConfig
+
 from kdlm.io import atomic_dir
+from kdlm.lab.spec import FAMILIES, LabModelConfig
 
-FAMILIES = ("llama", "gpt_neox", "opt")
-
-
-@dataclass
-class LabModelConfig:
-    """Architecture of one lab model; sizes are the knobs that make a teacher larger than a student."""
-
-    family: str = "llama"
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 512
-    max_position_embeddings: int = 256
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown model family {self.family!r}; allowed: {list(FAMILIES)}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
-            )
-
+__all__ = ["FAMILIES", "LabModelConfig", "build_config", "build_model"]
 
 def build_config(cfg: LabModelConfig, tokenizer):
     """The transformers config of `cfg`'s family, with the tokenizer's special token ids."""
-    from transformers import GPTNeoXConfig, LlamaConfig, OPTConfig
 
     ids = {
         "vocab_size": len(tokenizer),
@@ -80,8 +60,6 @@ def build_config(cfg: LabModelConfig, tokenizer):
 
 def build_model(cfg: LabModelConfig, tokenizer_dir: Path, out_dir: Path) -> int:
     """Randomly initialise a model (seeded) and save it with its tokenizer; returns the parameter count."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(cfg.seed)

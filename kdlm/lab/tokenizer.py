@@ -7,8 +7,10 @@ loss, which means its students never learn to stop. Ours learn EOS like any othe
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 from kdlm.io import atomic_dir
 
@@ -16,24 +18,11 @@ PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
 
 
-@dataclass
-class TokenizerSettings:
-    """The `lab.tokenizer` section: the lab's byte-level BPE."""
-
-    vocab_size: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.vocab_size < 300:
-            raise ValueError(f"vocab_size must be >= 300 (bytes and special tokens), got {self.vocab_size}")
-
-
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path, model_max_length: int = 512) -> None:
     """Train a byte-level BPE on `texts` and save it where `AutoTokenizer.from_pretrained` finds it.
 
     Training is deterministic for a given text sequence and vocabulary size.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     if vocab_size < 300:
         raise ValueError(f"vocab_size must be >= 300 (256 bytes + specials + merges), got {vocab_size}")

@@ -17,6 +17,9 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
+from transformers import AutoConfig
+
+from kdlm.io import atomic_path
 from kdlm.training.config import MethodConfig, TrainConfig
 
 IDENTITY_FILE = "kdlm_run.json"
@@ -92,7 +95,6 @@ def claim_checkpoint_dir(checkpoint_dir: Path, identity: dict, resume: Path | No
         stored = json.loads(path.read_text())
         differ = _differences(stored, identity)
         if (resume / "config.json").exists():
-            from transformers import AutoConfig
 
             saved = json.loads(json.dumps(_architecture(AutoConfig.from_pretrained(resume).to_dict())))
             differ += _differences({"architecture": saved}, {"architecture": identity["architecture"]})
@@ -103,7 +105,6 @@ def claim_checkpoint_dir(checkpoint_dir: Path, identity: dict, resume: Path | No
             )
         return
     if int(os.environ.get("RANK", "0")) == 0:
-        from kdlm.io import atomic_path
 
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")

@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
+import torch
+
+from kdlm.data.templates import format_prompt
 from kdlm.data.tokenize import collate, encode_example
+from kdlm.schemas import MIXED, RECORDS, read_table
+from kdlm.study import SOURCES
 
 
 @dataclass
@@ -50,7 +56,6 @@ class ExampleDataset:
 
 def collate_indexed(examples: list[dict], pad_token_id: int) -> dict:
     """`collate` plus the rows' dataset indices as an int64 tensor `index` of shape (B,)."""
-    import torch
 
     batch = collate(examples, pad_token_id)
     batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)  # (B,)
@@ -63,11 +68,7 @@ def load_rows(path: Path, template: str) -> TrainingRows:
     Raises:
         ValueError: if a mixed file has online rows but names no known on-policy source.
     """
-    import pyarrow.parquet as pq
 
-    from kdlm.data.templates import format_prompt
-    from kdlm.schemas import MIXED, RECORDS, read_table
-    from kdlm.study import SOURCES
 
     names = pq.read_schema(path).names
     if "prompt" not in names:

@@ -20,13 +20,21 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
+import pandas as pd
 import torch
+import transformers
 from transformers import Trainer, TrainingArguments
 
+import kdlm
 from kdlm.data.tokenize import IGNORE_INDEX
 from kdlm.io import atomic_dir
+from kdlm.losses import LOSSES, validate_hparams
+from kdlm.models import check_vocab_compatible, count_parameters, load_model, load_tokenizer, set_threads
+from kdlm.schemas import TRAIN_LOG, write_table
+from kdlm.study import source
 from kdlm.training.checkpoints import claim_checkpoint_dir, last_checkpoint, run_identity
 from kdlm.training.config import MethodConfig, TrainConfig
+from kdlm.training.data import ExampleDataset, collate_indexed, load_rows
 from kdlm.training.onpolicy import OnPolicyBatcher, SampleHook
 
 log = logging.getLogger(__name__)
@@ -42,7 +50,6 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, teacher=None, method: MethodConfig, vocab_size: int,
                  batcher: OnPolicyBatcher | None = None, sample_hook: SampleHook | None = None, **kwargs) -> None:  # fmt: skip
-        from kdlm.losses import LOSSES
 
         super().__init__(*args, **kwargs)
         self.teacher = teacher
@@ -126,9 +133,7 @@ def _git_commit() -> str | None:
 
 
 def _versions() -> dict[str, str]:
-    import transformers
 
-    import kdlm
 
     return {
         "kdlm": kdlm.__version__,
@@ -201,13 +206,7 @@ def train(
     Returns:
         The run record written to run.json.
     """
-    import pandas as pd
 
-    from kdlm.losses import validate_hparams
-    from kdlm.models import check_vocab_compatible, count_parameters, load_model, load_tokenizer, set_threads
-    from kdlm.schemas import TRAIN_LOG, write_table
-    from kdlm.study import source
-    from kdlm.training.data import ExampleDataset, collate_indexed, load_rows
 
     validate_hparams(method.loss, method.hparams)
     rows = load_rows(data_path, template)
