@@ -4,7 +4,11 @@ that holds its defaults and ranges. Torch-free: the workflow runs them at planni
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import jsonschema
+import yaml
 
 from kdlm.data.records import PrepareConfig
 from kdlm.data.templates import check_template
@@ -108,3 +112,14 @@ def check_config(config: dict) -> list[str]:
         except ValueError as err:
             problems.append(str(err))
     return problems
+
+
+def validate_config(config: dict, schema_path: str | Path) -> None:
+    """Stop with every problem of `config`, one line each naming its dotted key: the schema's structure
+    and types first, then (for a config of the right shape) :func:`check_config`."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    problems = [f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+    problems = problems or check_config(config)
+    if problems:
+        raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))

@@ -1,7 +1,7 @@
 # Config validation, wildcard constraints and the input functions of the workflow. What the study
-# trains and evaluates comes from kdlm.study (docs/design.md, "The study model"); each setting's
-# default lives in its dataclass, so rules pass the user's config sections as JSON.
-import glob
+# trains and evaluates comes from kdlm.study (docs/design.md, section The study model); the default of
+# every setting lives in its dataclass, so rules pass the config sections of the user as JSON. Every
+# rule runs kdlm (CONDA_ENV for --sdm conda).
 import json
 import os
 import re
@@ -9,47 +9,25 @@ import shlex
 import sys
 from pathlib import Path
 
-import jsonschema
-import yaml
-
-from kdlm.config_checks import check_config
+from kdlm.config_checks import validate_config
+from kdlm.runtime import prefer_this_kdlm, visible_gpus
 from kdlm.study import NO_TEACHER, RUN_ID_REGEX, SOURCES, Study
 
-# Rules call `kdlm`: use the one installed beside the Python that runs Snakemake, activated or not.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+prefer_this_kdlm()  # rules call the `kdlm` installed beside the Python that runs Snakemake
 
 
-def _check_config():
-    """Every problem of the config, one line each naming the dotted key, before any job."""
-    schema = yaml.safe_load(open(workflow.source_path("../schemas/config.schema.yaml")))
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-    problems = [f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
-    if not problems:
-        problems = check_config(config)
-    if problems:
-        raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
-
-
-_check_config()
+validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+CONDA_ENV = "../envs/kdlm.yaml"
 STUDY = Study(config)
 TEMPLATE = STUDY.template
 TRAIN_DATASET = STUDY.train_dataset
 TRAIN_SPLIT = STUDY.train_split
 
 
-def _visible_gpus():
-    """CUDA devices this machine gives its jobs, counted without importing torch: CUDA_VISIBLE_DEVICES
-    when set, else the /dev/nvidia<N> device files."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")])
-    return len(glob.glob("/dev/nvidia[0-9]*"))
-
-
 # The `gpu` resource of every job that can use one: 1 where this machine has a GPU, so that a global
 # `--resources gpu=N` (the default profile sets 1) caps how many run at once; 0 on a CPU-only machine.
 # Cluster profiles set it per rule (`set-resources`).
-GPU_PER_JOB = 1 if _visible_gpus() else 0
+GPU_PER_JOB = 1 if visible_gpus() else 0
 
 
 def _alternatives(names):
@@ -67,12 +45,12 @@ wildcard_constraints:
     method=_alternatives(config["methods"]),
     seed=r"\d+",
     task=_alternatives(config["evaluation"]["tasks"]),
-    model=r"(teacher|base)/[^/]+|" + RUN_ID_REGEX,
+    model=f"(teacher|base)/[^/]+|{RUN_ID_REGEX}",
 
 
 def json_arg(value):
     """A value as a shell-quoted JSON argument for a `kdlm` option."""
-    return "'" + json.dumps(value, sort_keys=True).replace("'", "'\\''") + "'"
+    return shlex.quote(json.dumps(value, sort_keys=True))
 
 
 def model_input(path):
@@ -129,7 +107,7 @@ def _note_missing_inputs():
     models = [(f"students.{s}", config["students"][s]["path"]) for s in STUDY.students()]
     models += [(f"teachers.{t}", config["teachers"][t]["path"]) for t in STUDY.teachers()]
     for key, path in models:
-        if path.startswith(("/", ".")) and not Path(path).is_dir():
+        if (Path(path).is_absolute() or path.startswith(".")) and not Path(path).is_dir():
             notes.append(f"{key}.path: {path} is not a directory here; jobs that load it fail until it is")
     for note in dict.fromkeys(notes):
         print(f"kdlm: note: {note}", file=sys.stderr)
@@ -164,7 +142,10 @@ def mixed_files():
 
 def get_generate_shard_markers(wildcards):
     n = STUDY.teacher_generation.shards
-    return [f"results/generated/{wildcards.dataset}/{wildcards.teacher}.shards/job{i}-of-{n}.json" for i in range(n)]
+    return [
+        f"results/generated/{wildcards.dataset}/{wildcards.teacher}.shards/job{i}-of-{n}.json"
+        for i in range(n)
+    ]
 
 
 def get_distill_inputs(wildcards):

@@ -11,11 +11,13 @@ rule prepare:
         get_dataset_file,
     output:
         "results/data/{dataset}/{split}.parquet",
+    log:
+        "logs/prepare/{dataset}/{split}.log",
+    conda:
+        CONDA_ENV
     params:
         path=lambda wildcards: shlex.quote(dataset_split(wildcards.dataset, wildcards.split)["path"]),
         spec=prepare_spec,
-    log:
-        "logs/prepare/{dataset}/{split}.log",
     shell:
         "kdlm prepare --input {params.path} --spec {params.spec} --dataset {wildcards.dataset} --out {output}"
         " > {log} 2>&1"

@@ -10,6 +10,15 @@ rule distill:
         weights="results/runs/{student}__{teacher}/{source}/{method}/seed{seed}/model.safetensors",
         log="results/runs/{student}__{teacher}/{source}/{method}/seed{seed}/train_log.parquet",
         run="results/runs/{student}__{teacher}/{source}/{method}/seed{seed}/run.json",
+    log:
+        "logs/distill/{student}__{teacher}/{source}/{method}/seed{seed}.log",
+    benchmark:
+        "benchmarks/distill/{student}__{teacher}/{source}/{method}/seed{seed}.tsv"
+    conda:
+        CONDA_ENV
+    threads: STUDY.threads.train
+    resources:
+        gpu=GPU_PER_JOB,  # > 1 launches one DDP process per GPU (e.g. --set-resources distill:gpu=4)
     params:
         student=lambda wildcards: shlex.quote(config["students"][wildcards.student]["path"]),
         teacher=distill_teacher_arg,
@@ -24,13 +33,6 @@ rule distill:
             if int(resources.gpu) > 1
             else "kdlm"
         ),
-    threads: STUDY.threads.train
-    resources:
-        gpu=GPU_PER_JOB,  # > 1 launches one DDP process per GPU (e.g. --set-resources distill:gpu=4)
-    log:
-        "logs/distill/{student}__{teacher}/{source}/{method}/seed{seed}.log",
-    benchmark:
-        "benchmarks/distill/{student}__{teacher}/{source}/{method}/seed{seed}.tsv"
     shell:
         "{params.launcher} distill --student {params.student} {params.teacher} --data {input.data}"
         " --method {params.method} --training {params.training} --info {params.info}"

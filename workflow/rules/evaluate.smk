@@ -7,18 +7,20 @@ rule evaluate:
         model=get_eval_model,
     output:
         "results/eval/{model}/{task}.parquet",
+    log:
+        "logs/evaluate/{model}/{task}.log",
+    benchmark:
+        "benchmarks/evaluate/{model}/{task}.tsv"
+    conda:
+        CONDA_ENV
+    threads: STUDY.threads.evaluate
+    resources:
+        gpu=GPU_PER_JOB,
     params:
         model=lambda wildcards: shlex.quote(STUDY.eval_target(wildcards.model)[0]),
         label=lambda wildcards: json_arg({**STUDY.eval_target(wildcards.model)[1], "task": wildcards.task}),
         generation=json_arg(config["evaluation"].get("generation", {})),
         template=shlex.quote(TEMPLATE),
-    threads: STUDY.threads.evaluate
-    resources:
-        gpu=GPU_PER_JOB,
-    log:
-        "logs/evaluate/{model}/{task}.log",
-    benchmark:
-        "benchmarks/evaluate/{model}/{task}.tsv"
     shell:
         "kdlm evaluate --model {params.model} --records {input.records} --out {output}"
         " --label {params.label} --generation {params.generation} --template {params.template} --threads {threads} > {log} 2>&1"
@@ -37,12 +39,14 @@ if STUDY.judge_enabled:
             records=get_eval_records,
         output:
             "results/judge/{model}/{task}.parquet",
-        params:
-            judge=json_arg(STUDY.judge),
         log:
             "logs/judge/{model}/{task}.log",
         benchmark:
             "benchmarks/judge/{model}/{task}.tsv"
+        conda:
+            CONDA_ENV
+        params:
+            judge=json_arg(STUDY.judge),
         shell:
             "kdlm judge --eval {input.evaluation} --records {input.records} --out {output}"
             " --judge {params.judge} > {log} 2>&1"
@@ -57,15 +61,17 @@ if STUDY.lm_eval_enabled:
             model=get_eval_model,
         output:
             "results/harness/{model}.parquet",
-        params:
-            model=lambda wildcards: shlex.quote(STUDY.eval_target(wildcards.model)[0]),
-            label=lambda wildcards: json_arg(STUDY.eval_target(wildcards.model)[1]),
-            lm_eval=json_arg({**STUDY.lm_eval, "on_error": "missing"}),
-        resources:
-            gpu=GPU_PER_JOB if STUDY.lm_eval.get("device", "cpu").startswith("cuda") else 0,
         log:
             "logs/harness/{model}.log",
         benchmark:
             "benchmarks/harness/{model}.tsv"
+        conda:
+            CONDA_ENV
+        resources:
+            gpu=GPU_PER_JOB if STUDY.lm_eval.get("device", "cpu").startswith("cuda") else 0,
+        params:
+            model=lambda wildcards: shlex.quote(STUDY.eval_target(wildcards.model)[0]),
+            label=lambda wildcards: json_arg(STUDY.eval_target(wildcards.model)[1]),
+            lm_eval=json_arg({**STUDY.lm_eval, "on_error": "missing"}),
         shell:
             "kdlm harness --model {params.model} --out {output} --label {params.label} --lm-eval {params.lm_eval} > {log} 2>&1"

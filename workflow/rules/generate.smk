@@ -8,17 +8,19 @@ rule teacher_sft:
     output:
         config="results/models/teachers/{teacher}/config.json",
         weights="results/models/teachers/{teacher}/model.safetensors",
-    params:
-        base=lambda wildcards: shlex.quote(config["teachers"][wildcards.teacher]["path"]),
-        training=json_arg({**config.get("teacher_training", {}), "threads": STUDY.threads.train}),
-        template=shlex.quote(TEMPLATE),
-    threads: STUDY.threads.train
-    resources:
-        gpu=GPU_PER_JOB,
     log:
         "logs/teacher_sft/{teacher}.log",
     benchmark:
         "benchmarks/teacher_sft/{teacher}.tsv"
+    conda:
+        CONDA_ENV
+    threads: STUDY.threads.train
+    resources:
+        gpu=GPU_PER_JOB,
+    params:
+        base=lambda wildcards: shlex.quote(config["teachers"][wildcards.teacher]["path"]),
+        training=json_arg({**config.get("teacher_training", {}), "threads": STUDY.threads.train}),
+        template=shlex.quote(TEMPLATE),
     shell:
         "kdlm sft --student {params.base} --data {input.data} --training {params.training}"
         " --template {params.template} --out results/models/teachers/{wildcards.teacher}"
@@ -35,17 +37,19 @@ if STUDY.teacher_generation.shards == 1:
             model=get_teacher_model,
         output:
             "results/generated/{dataset}/{teacher}.parquet",
-        params:
-            model=lambda wildcards: shlex.quote(STUDY.teacher_dir(wildcards.teacher)),
-            generation=json_arg(config.get("teacher_generation", {})),
-            template=shlex.quote(TEMPLATE),
-        threads: STUDY.threads.generate
-        resources:
-            gpu=GPU_PER_JOB,
         log:
             "logs/generate/{dataset}/{teacher}.log",
         benchmark:
             "benchmarks/generate/{dataset}/{teacher}.tsv"
+        conda:
+            CONDA_ENV
+        threads: STUDY.threads.generate
+        resources:
+            gpu=GPU_PER_JOB,
+        params:
+            model=lambda wildcards: shlex.quote(STUDY.teacher_dir(wildcards.teacher)),
+            generation=json_arg(config.get("teacher_generation", {})),
+            template=shlex.quote(TEMPLATE),
         shell:
             "kdlm generate --model {params.model} --name {wildcards.teacher} --records {input.records}"
             " --out {output} --generation {params.generation} --template {params.template} --threads {threads} > {log} 2>&1"
@@ -57,19 +61,25 @@ else:
             records=records_path("{dataset}", TRAIN_SPLIT),
             model=get_teacher_model,
         output:
-            temp("results/generated/{dataset}/{teacher}.shards/job{shard}-of-" + str(STUDY.teacher_generation.shards) + ".json"),
+            temp(
+                "results/generated/{dataset}/{teacher}.shards/job{shard}-of-"
+                + str(STUDY.teacher_generation.shards)
+                + ".json"
+            ),
+        log:
+            "logs/generate_shard/{dataset}/{teacher}/job{shard}.log",
+        benchmark:
+            "benchmarks/generate_shard/{dataset}/{teacher}/job{shard}.tsv"
+        conda:
+            CONDA_ENV
+        threads: STUDY.threads.generate
+        resources:
+            gpu=GPU_PER_JOB,
         params:
             model=lambda wildcards: shlex.quote(STUDY.teacher_dir(wildcards.teacher)),
             generation=json_arg(config.get("teacher_generation", {})),
             template=shlex.quote(TEMPLATE),
             n=STUDY.teacher_generation.shards,
-        threads: STUDY.threads.generate
-        resources:
-            gpu=GPU_PER_JOB,
-        log:
-            "logs/generate_shard/{dataset}/{teacher}/job{shard}.log",
-        benchmark:
-            "benchmarks/generate_shard/{dataset}/{teacher}/job{shard}.tsv"
         shell:
             "kdlm generate --model {params.model} --name {wildcards.teacher} --records {input.records}"
             " --out results/generated/{wildcards.dataset}/{wildcards.teacher}.parquet --shard {wildcards.shard}/{params.n}"
@@ -86,14 +96,16 @@ else:
             shards=get_generate_shard_markers,
         output:
             "results/generated/{dataset}/{teacher}.parquet",
-        params:
-            model=lambda wildcards: shlex.quote(STUDY.teacher_dir(wildcards.teacher)),
-            generation=json_arg(config.get("teacher_generation", {})),
-            template=shlex.quote(TEMPLATE),
         log:
             "logs/generate_merge/{dataset}/{teacher}.log",
         benchmark:
             "benchmarks/generate_merge/{dataset}/{teacher}.tsv"
+        conda:
+            CONDA_ENV
+        params:
+            model=lambda wildcards: shlex.quote(STUDY.teacher_dir(wildcards.teacher)),
+            generation=json_arg(config.get("teacher_generation", {})),
+            template=shlex.quote(TEMPLATE),
         shell:
             "kdlm generate --merge --model {params.model} --name {wildcards.teacher} --records {input.records}"
             " --out {output} --generation {params.generation} --template {params.template} > {log} 2>&1"

@@ -13,10 +13,12 @@ rule lab_corpus:
         train="results/lab/corpus/train.json",
         validation="results/lab/corpus/validation.json",
         test="results/lab/corpus/test.json",
-    params:
-        corpus=json_arg(config["lab"].get("corpus", {})),
     log:
         "logs/lab_corpus/lab.log",
+    conda:
+        CONDA_ENV
+    params:
+        corpus=json_arg(config["lab"].get("corpus", {})),
     shell:
         "kdlm lab corpus --out-dir results/lab/corpus --config {params.corpus} > {log} 2>&1"
 
@@ -26,11 +28,13 @@ rule lab_tokenizer:
         "results/lab/corpus/train.json",
     output:
         "results/lab/tokenizer/tokenizer.json",
+    log:
+        "logs/lab_tokenizer/lab.log",
+    conda:
+        CONDA_ENV
     params:
         tokenizer=json_arg(config["lab"].get("tokenizer", {})),
         template=shlex.quote(TEMPLATE),
-    log:
-        "logs/lab_tokenizer/lab.log",
     shell:
         "kdlm lab tokenizer --corpus {input} --config {params.tokenizer} --template {params.template}"
         " --out results/lab/tokenizer > {log} 2>&1"
@@ -42,10 +46,12 @@ rule lab_model:
     output:
         config="results/lab/models/{lab_model}/config.json",
         weights="results/lab/models/{lab_model}/model.safetensors",
-    params:
-        spec=lambda wildcards: json_arg(STUDY.lab_models[wildcards.lab_model]),
     log:
         "logs/lab_model/{lab_model}.log",
+    conda:
+        CONDA_ENV
+    params:
+        spec=lambda wildcards: json_arg(STUDY.lab_models[wildcards.lab_model]),
     shell:
         "kdlm lab model --tokenizer results/lab/tokenizer --config {params.spec}"
         " --out results/lab/models/{wildcards.lab_model} > {log} 2>&1"

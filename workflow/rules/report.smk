@@ -22,16 +22,25 @@ rule report:
         deltas=report("results/tables/deltas.csv", caption="../report/deltas.rst", category="Tables"),
         deltas_parquet="results/tables/deltas.parquet",
         scores=[
-            report(f"results/plots/scores_{metric}.png", caption="../report/scores.rst", category="Scores",
-                   labels={"metric": metric})
+            report(
+                f"results/plots/scores_{metric}.png",
+                caption="../report/scores.rst",
+                category="Scores",
+                labels={"metric": metric},
+            )
             for metric in STUDY.metrics()
-        ],  # fmt: skip
-        train_loss=report("results/plots/train_loss.png", caption="../report/train_loss.rst", category="Training"),
+        ],
+        # fmt: skip
+        train_loss=report(
+            "results/plots/train_loss.png", caption="../report/train_loss.rst", category="Training"
+        ),
         atkd=report("results/plots/atkd.png", caption="../report/atkd.rst", category="Training"),
-    params:
-        baseline=STUDY.baseline_method(),
     log:
         "logs/report/summary.log",
+    conda:
+        CONDA_ENV
+    params:
+        baseline=STUDY.baseline_method(),
     shell:
         "kdlm report --evals {input.evals} --train-logs {input.train_logs} --baseline-method '{params.baseline}'"
         " --judge {input.judge} --harness {input.harness}"
