@@ -25,6 +25,8 @@ from transformers import Trainer, TrainingArguments
 
 from kdlm.data.tokenize import IGNORE_INDEX
 from kdlm.io import atomic_dir
+from kdlm.losses import LOSSES
+from kdlm.methods import validate_hparams
 from kdlm.training.checkpoints import claim_checkpoint_dir, last_checkpoint, run_identity
 from kdlm.training.config import MethodConfig, TrainConfig
 from kdlm.training.onpolicy import OnPolicyBatcher, SampleHook
@@ -42,8 +44,6 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, teacher=None, method: MethodConfig, vocab_size: int,
                  batcher: OnPolicyBatcher | None = None, sample_hook: SampleHook | None = None, **kwargs) -> None:  # fmt: skip
-        from kdlm.losses import LOSSES
-
         super().__init__(*args, **kwargs)
         self.teacher = teacher
         if teacher is not None:
@@ -168,7 +168,6 @@ def train(
     """
     import pandas as pd
 
-    from kdlm.losses import validate_hparams
     from kdlm.models import check_vocab_compatible, count_parameters, load_model, load_tokenizer, set_threads
     from kdlm.schemas import TRAIN_LOG, write_table
     from kdlm.training.data import ExampleDataset, collate_indexed, load_rows
