@@ -18,7 +18,7 @@ $py -m pytest -q -p no:cacheprovider tests/kdlm/test_training.py tests/kdlm/test
 $py - <<'PY' 2>&1 | tee "$out/gpu_losses.txt" || status=1
 import torch
 from kdlm.losses import LOSSES
-from kdlm.losses_reference import REFERENCE
+from kdlm.losses.reference import REFERENCE
 
 dev = torch.device("cuda")
 g = torch.Generator(dev).manual_seed(0)

@@ -63,7 +63,7 @@ from kdlm.bench.common import (
     write_rows,
 )
 from kdlm.losses import LOSSES
-from kdlm.losses_reference import REFERENCE
+from kdlm.losses.reference import REFERENCE
 
 WORKER = "kdlm.bench.losses"  # this module, run as the measurement worker
 

@@ -28,7 +28,8 @@ from transformers import Trainer, TrainingArguments
 import kdlm
 from kdlm.data.tokenize import IGNORE_INDEX
 from kdlm.io import atomic_dir
-from kdlm.losses import LOSSES, validate_hparams
+from kdlm.losses import LOSSES
+from kdlm.methods import validate_hparams
 from kdlm.models import check_vocab_compatible, count_parameters, load_model, load_tokenizer, set_threads
 from kdlm.schemas import TRAIN_LOG, write_table
 from kdlm.study import source
@@ -50,7 +51,6 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, teacher=None, method: MethodConfig, vocab_size: int,
                  batcher: OnPolicyBatcher | None = None, sample_hook: SampleHook | None = None, **kwargs) -> None:  # fmt: skip
-
         super().__init__(*args, **kwargs)
         self.teacher = teacher
         if teacher is not None:
@@ -206,8 +206,6 @@ def train(
     Returns:
         The run record written to run.json.
     """
-
-
     validate_hparams(method.loss, method.hparams)
     rows = load_rows(data_path, template)
     needs_teacher = source(rows.source).needs_live_teacher(method.loss)

@@ -1,17 +1,28 @@
 """Tests for kdlm.losses: exactness against full-tensor references, hand-computed values, chunking,
-masking, numerics (extreme / -inf logits, bfloat16), statistics and hyperparameter validation."""
+masking, numerics (extreme / -inf logits, bfloat16), statistics, hyperparameter validation, the generic
+per-token path, and what importing the package leaves alone."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdlm.losses import HPARAMS, IGNORE_INDEX, LOSSES, validate_hparams
-from kdlm.losses_reference import REFERENCE
+import kdlm
+from kdlm.losses import HPARAMS, IGNORE_INDEX, LOSSES, akl, decoupled, kl, skew, validate_hparams
+from kdlm.losses.akl_rows import head_gap
+from kdlm.losses.engine import per_token, per_token_loss, run
+from kdlm.losses.reference import REFERENCE, _prep
+from kdlm.losses.reference import _tckd_nckd as _ref_tckd_nckd
+from kdlm.methods import LOSS_NAMES
 
 KD_LOSSES = [name for name in LOSSES if name != "sft"]
 # (name, hparams) variants checked against the references
@@ -215,7 +226,7 @@ def _hand_value(name):
     return sum(_per_token(name, ps, pt, g) for ps, pt, g in toks) / 2
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("name", ["forward", "reverse", "jsd", "gjsd", "tvd", "skl", "srkl", "dkd", "atkd", "akl", "sft"])
 def test_hand_computed_value(name):
     s = torch.tensor([S_TINY])
     t = torch.tensor([T_TINY])
@@ -480,19 +491,12 @@ def _sorted_head_gap(pt, ps, mu):
     return ((pt - ps).double().gather(1, order).abs() * head).sum(-1)
 
 
-HEAD_SEARCHES = ["kdlm.cpu_rows.kl.head_gap", "kdlm.losses._head_gap_sorted"]
-
-
-def _head_search(name):
-    import importlib
-
-    module, fn = name.rsplit(".", 1)
-    return getattr(importlib.import_module(module), fn)
+HEAD_SEARCHES = {"rows": head_gap, "sorted": akl.head_gap_sorted}  # the CPU search, the tensor-op sort
 
 
 @pytest.mark.parametrize("V", [3, 127, 1000, 9001, 50272])
 @pytest.mark.parametrize("scale", [0.05, 0.5, 3.0, 20.0])
-@pytest.mark.parametrize("search", HEAD_SEARCHES)
+@pytest.mark.parametrize("search", list(HEAD_SEARCHES))
 def test_akl_head_gap_matches_full_sort(V, scale, search):
     # scale 0.05 makes rows so flat that the block-maxima bound fails (the floor comes from bisection on
     # the row), 0.5 makes the head hundreds of tokens, 20 a single token; V < 128 has no whole block
@@ -502,15 +506,15 @@ def test_akl_head_gap_matches_full_sort(V, scale, search):
     pt[0] = torch.softmax(torch.randn(V, dtype=torch.float64, generator=g) * 20, -1)  # one peaked row mixed in
     pt[1] = torch.softmax(torch.randn(V, dtype=torch.float64, generator=g) * 0.01, -1)  # and one flat
     for mu in (0.0, 0.2, 0.5, 0.95, 1.0):
-        torch.testing.assert_close(_head_search(search)(pt, ps, mu), _sorted_head_gap(pt, ps, mu), rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(HEAD_SEARCHES[search](pt, ps, mu), _sorted_head_gap(pt, ps, mu), rtol=1e-12, atol=1e-15)
     # float32 probabilities (what training computes in): same head, sums to float32 precision
     pt32, ps32 = pt.float(), ps.float()
-    torch.testing.assert_close(_head_search(search)(pt32, ps32, 0.5).double(), _sorted_head_gap(pt32, ps32, 0.5),
+    torch.testing.assert_close(HEAD_SEARCHES[search](pt32, ps32, 0.5).double(), _sorted_head_gap(pt32, ps32, 0.5),
                                rtol=1e-5, atol=1e-9)  # fmt: skip
 
 
 @pytest.mark.parametrize("V", [200, 1000, 50272])
-@pytest.mark.parametrize("search", HEAD_SEARCHES)
+@pytest.mark.parametrize("search", list(HEAD_SEARCHES))
 def test_akl_head_gap_with_head_tokens_sharing_a_block_and_in_the_tail(V, search):
     # the block bound must not drop a head token that is not its block's maximum (blocks are strided,
     # columns b, b + V // 64, ...; consecutive columns are tested too), nor one in the columns after the
@@ -524,41 +528,165 @@ def test_akl_head_gap_with_head_tokens_sharing_a_block_and_in_the_tail(V, search
     z[4, :] = 0.0
     z[4, torch.randperm(V, generator=g)[:30]] = 9.0  # thirty tied tokens; the head's edge falls among them
     pt, ps = torch.softmax(z, -1), torch.softmax(torch.randn(5, V, dtype=torch.float64, generator=g), -1)
-    torch.testing.assert_close(_head_search(search)(pt, ps, 0.5), _sorted_head_gap(pt, ps, 0.5), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(HEAD_SEARCHES[search](pt, ps, 0.5), _sorted_head_gap(pt, ps, 0.5), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_tensor_kernels_match_reference(temperature):
-    # each kernel's tensor-op version (.on_device: what runs on GPUs; the CPU runs kdlm.cpu_rows), on CPU tensors
-    from kdlm.losses import (
-        _k_jsd,
-        _k_tvd,
-        _make_akl,
-        _make_decoupled,
-        _make_gjsd,
-        _make_skl,
-        _make_srkl,
-        _run,
-    )
-    from kdlm.losses_reference import _prep, _tckd_nckd
-
-    def decoupled(s, t, y, temperature, reverse, alpha=0.7, beta=3.0):
+    # each kernel's tensor-op version (.on_device: what runs on GPUs; the CPU runs the numba rows), on CPU tensors
+    def decoupled_ref(s, t, y, temperature, reverse, alpha=0.7, beta=3.0):
         s_, t_, mask, n = _prep(s, t, y, temperature)
-        tckd, nckd = _tckd_nckd(s_, t_, y, reverse=reverse)
+        tckd, nckd = _ref_tckd_nckd(s_, t_, y, reverse=reverse)
         return ((alpha * tckd + beta * nckd) * mask).sum() / n
 
     s, t, y = _batch(B=3, T=6, V=300)
-    cases = [(_make_akl(mu).on_device, {"akl": 1.0}, REFERENCE["akl"], {"mu": mu}) for mu in (0.2, 0.5)]
-    cases += [(_k_jsd.on_device, {"forward": r, "reverse": 1.0 - r}, REFERENCE["jsd"], {"forward_ratio": r}) for r in (0.9, 0.3)]
-    cases += [(_make_decoupled(setting).on_device, {"tckd": 0.7, "nckd": 3.0}, decoupled, {"reverse": setting == "reverse"})
+    cases = [(akl.make_kernel(mu).on_device, {"akl": 1.0}, REFERENCE["akl"], {"mu": mu}) for mu in (0.2, 0.5)]
+    cases += [(kl.jsd_kernel.on_device, {"forward": r, "reverse": 1.0 - r}, REFERENCE["jsd"], {"forward_ratio": r}) for r in (0.9, 0.3)]
+    cases += [(decoupled.make_kernel(setting).on_device, {"tckd": 0.7, "nckd": 3.0}, decoupled_ref, {"reverse": setting == "reverse"})
               for setting in ("vanilla", "reverse")]  # fmt: skip
-    cases += [(_k_tvd.on_device, {"tvd": 1.0}, REFERENCE["tvd"], {})]
-    cases += [(_make_gjsd(b).on_device, {"gjsd": 1.0}, REFERENCE["gjsd"], {"beta": b}) for b in (0.1, 0.5)]
+    cases += [(kl.tvd_kernel.on_device, {"tvd": 1.0}, REFERENCE["tvd"], {})]
+    cases += [(skew.make_gjsd(b).on_device, {"gjsd": 1.0}, REFERENCE["gjsd"], {"beta": b}) for b in (0.1, 0.5)]
     cases += [(make(a).on_device, {name: 1.0}, REFERENCE[name], {"alpha": a})
-              for name, make in (("skl", _make_skl), ("srkl", _make_srkl)) for a in (0.1, 0.5)]  # fmt: skip
+              for name, make in (("skl", skew.make_skl), ("srkl", skew.make_srkl)) for a in (0.1, 0.5)]  # fmt: skip
     for kernel, coef, reference, hp in cases:
-        got = _run(s, t, y, kernel, coef, temperature, 4)[0]
+        got = run(s, t, y, kernel, coef, temperature, 4)[0]
         (g_got,) = torch.autograd.grad(got, s)
         want, g_want = _value_and_grad(reference, s, t, y, temperature=temperature, **hp)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-12)
         torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the registry and the generic per-token path
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_every_loss_has_hparams_and_a_reference():
+    assert set(LOSSES) == set(HPARAMS) == set(LOSS_NAMES) == set(REFERENCE)
+
+
+def _forward_per_token(log_p_student, log_p_teacher, target):
+    """KL(p_t || p_s) per token, written plainly; autograd takes the gradient."""
+    return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
+
+
+def _tvd_per_token(log_p_student, log_p_teacher, target):
+    return 0.5 * (log_p_student.exp() - log_p_teacher.exp()).abs().sum(-1)
+
+
+def _jsd_per_token(log_p_student, log_p_teacher, target, forward_ratio):
+    d = log_p_student - log_p_teacher
+    fkl, rkl = -(log_p_teacher.exp() * d).sum(-1), (log_p_student.exp() * d).sum(-1)
+    return forward_ratio * fkl + (1 - forward_ratio) * rkl
+
+
+# existing losses written as per-token functions: (registered name whose hparams they take, fn, hparams)
+PER_TOKEN = {
+    "forward": ("forward", _forward_per_token, {}),
+    "tvd": ("tvd", _tvd_per_token, {}),
+    "jsd-0.3": ("jsd", _jsd_per_token, {"forward_ratio": 0.3}),
+}
+
+
+@pytest.mark.parametrize("case", list(PER_TOKEN))
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("chunk", [1, 3, 10_000])
+def test_per_token_path_matches_hand_written_and_reference(case, temperature, chunk):
+    name, fn, hp = PER_TOKEN[case]
+    rows_seen = []
+
+    def recorded(log_p_student, *args, **kwargs):
+        rows_seen.append(log_p_student.shape[0])
+        return fn(log_p_student, *args, **kwargs)
+
+    generic = per_token_loss(name, recorded)
+    s, t, y = _batch(B=3, T=7)
+    stats: dict = {}
+    loss = generic(s, t, y, temperature=temperature, chunk_size=chunk, stats=stats, **hp)
+    (g_got,) = torch.autograd.grad(loss, s)
+    got = loss.detach()
+    assert max(rows_seen) <= chunk  # the function sees one chunk at a time
+    assert stats == {"n_tokens": float((y != IGNORE_INDEX).sum())}
+    hand, g_hand = _value_and_grad(LOSSES[name], s, t, y, temperature=temperature, chunk_size=chunk, **hp)
+    want, g_want = _value_and_grad(REFERENCE[name], s, t, y, temperature=temperature, **hp)
+    for value, grad in ((hand, g_hand), (want, g_want)):
+        torch.testing.assert_close(got, value, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g_got, grad, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # no gradient wanted: the function runs without a graph, same value
+        torch.testing.assert_close(generic(s, t, y, temperature=temperature, chunk_size=chunk, **hp), got)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_token_path_low_precision_and_neg_inf(dtype):
+    # -inf logits make the plain formula 0 * log 0 = nan: the engine redoes the chunk with them clamped
+    s, t, y = _batch(B=2, T=6, V=10)
+    s, t = s.detach().to(dtype), t.to(dtype)
+    s[..., 8:] = -math.inf
+    t[..., 8:] = -math.inf
+    s.requires_grad_()
+    got, g_got = _value_and_grad(per_token_loss("forward", _forward_per_token), s, t, y, chunk_size=4)
+    hand, g_hand = _value_and_grad(LOSSES["forward"], s, t, y, chunk_size=4)
+    assert got.dtype == torch.float32 and g_got.dtype == dtype
+    torch.testing.assert_close(got, hand, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_got.float(), g_hand.float(), rtol=1e-2, atol=1e-4)
+    assert torch.equal(g_got[..., 8:], torch.zeros_like(g_got[..., 8:]))
+
+
+def test_per_token_kernel_runs_through_the_engine_with_term_weights():
+    # the kernel alone, with non-uniform per-token weights (as ATKD gives its tokens)
+    s, t, y = _batch(B=2, T=5)
+    n = int((y != IGNORE_INDEX).sum())
+    coef = {"loss": torch.linspace(0.1, 1.0, n, dtype=torch.float64)}
+    got, g_got = _value_and_grad(lambda *a: run(*a, per_token(_forward_per_token), coef, 1.7, 3)[0], s, t, y)
+    want, g_want = _value_and_grad(lambda *a: run(*a, kl.forward_kernel, {"kl": coef["loss"]}, 1.7, 3)[0], s, t, y)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# imports
+# ---------------------------------------------------------------------------------------------------
+
+
+def _python(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter that imports this checkout's kdlm; its last stdout line as JSON."""
+    root = str(Path(kdlm.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_SETTINGS = """
+import json, numba, torch
+state = {"priority": list(numba.config.THREADING_LAYER_PRIORITY), "layer": numba.config.THREADING_LAYER,
+         "numba_threads": numba.config.NUMBA_NUM_THREADS, "torch_threads": torch.get_num_threads(),
+         "torch_interop": torch.get_num_interop_threads()}
+"""
+
+
+def test_importing_the_losses_changes_no_numba_or_torch_setting():
+    fresh = _python(_SETTINGS + "print(json.dumps(state))")
+    after = _python(
+        "import importlib, pkgutil, kdlm.losses, kdlm.methods\n"
+        "for m in pkgutil.iter_modules(kdlm.losses.__path__): importlib.import_module('kdlm.losses.' + m.name)\n"
+        + _SETTINGS
+        + "print(json.dumps(state))"
+    )
+    assert after == fresh
+
+
+def test_methods_import_without_torch_or_numba():
+    loaded = _python("import json, sys, kdlm.methods; print(json.dumps(sorted(sys.modules)))")
+    assert not {"torch", "numba", "numpy"} & set(loaded)
+
+
+def test_first_cpu_row_kernel_prefers_numbas_openmp_layer():
+    # the threading layer is chosen on first use, not at import (unless the user chose one)
+    state = _python(
+        "import json, torch, numba\n"
+        "from kdlm.losses import LOSSES\n"
+        "LOSSES['tvd'](torch.randn(1, 2, 5), torch.randn(1, 2, 5), torch.tensor([[0, 1]]))\n"
+        "print(json.dumps(list(numba.config.THREADING_LAYER_PRIORITY)))"
+    )
+    if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+        assert state == ["omp", "tbb", "workqueue"]

@@ -4,9 +4,9 @@ With g the target, b = [p[g], 1 - p[g]] and phat the non-target distribution ren
 TCKD = KL(b_t || b_s) and NCKD = KL(phat_t || phat_s) (``reverse``: student and teacher swapped inside
 both). Per row, one pass sums the non-target masses and the non-target cross terms, and one pass
 writes the gradient of a * TCKD + b * NCKD; the formulas are those of the tensor-op kernel in
-:func:`kdlm.losses._make_decoupled`. The non-target mass is the sum of the non-target probabilities
-(no cancellation when p[g] -> 1); where that sum underflows, the row is done in log space instead (a
-logsumexp over the non-target log-probabilities, scalar exps: slow, and only for such rows).
+:func:`kdlm.losses.decoupled.make_kernel`. The non-target mass is the sum of the non-target
+probabilities (no cancellation when p[g] -> 1); where that sum underflows, the row is done in log space
+instead (a logsumexp over the non-target log-probabilities, scalar exps: slow, and only for such rows).
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kdlm.cpu_rows import SUMS, as_weights, grad_rows, run_rows
+from kdlm.losses.threads import SUMS, as_weights, grad_rows, run_rows
 
 __all__ = ["decoupled_rows"]
-
 
 
 @njit(nogil=True, cache=True, fastmath=SUMS)

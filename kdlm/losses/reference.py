@@ -1,10 +1,11 @@
-"""Straightforward full-tensor versions of every loss in :mod:`kdlm.losses`.
+"""Straightforward full-tensor versions of every loss in :data:`kdlm.losses.LOSSES`, in :data:`REFERENCE`.
 
 These are the baselines: written the way research code usually writes them (full softmax tensors over
 ``(B, T, V)``, boolean masks, masked copies of the vocabulary dimension, a full sort for AKL), with plain
 autograd. The tests check :mod:`kdlm.losses` against them in float64, and ``kdlm bench losses`` times
 both. They follow the same formulas and conventions (mean over counted tokens, temperature on both
-models, an empty ATKD group contributes 0), not the reference code's bugs (DESIGN.md).
+models, an empty ATKD group contributes 0), not the reference code's bugs (docs/design.md, "Losses").
+A new loss gets its reference here, under the same name.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from kdlm.losses import HPARAMS, IGNORE_INDEX
+from kdlm.losses.engine import IGNORE_INDEX
+from kdlm.methods import LOSS_NAMES
 
 Tensor = torch.Tensor
 
@@ -174,4 +176,5 @@ REFERENCE: dict[str, Callable[..., Tensor]] = {
     "akl": ref_akl,
     "sft": ref_sft,
 }
-assert set(REFERENCE) == set(HPARAMS)
+if set(REFERENCE) != set(LOSS_NAMES):
+    raise RuntimeError(f"REFERENCE {sorted(REFERENCE)} and kdlm.methods.LOSS_NAMES {sorted(LOSS_NAMES)} differ")

@@ -1,23 +1,16 @@
-"""Per-row CPU kernels of the KD losses, compiled with numba.
+"""How the numba row kernels of the losses run: threads, weights and gradient rows as numpy.
 
-On CPU, :mod:`kdlm.losses` takes each chunk's log-softmaxes and exps with torch (its vectorized exp and
-log are much faster than numba's scalar ones) and hands the rest of a loss, the sums over the
-vocabulary and the gradient, to one compiled function per row. That function makes two passes over the
-row's log-probability and probability vectors while they sit in the core's cache, where element-wise
-tensor ops make a dozen passes over chunk-sized buffers. On a GPU the tensor-op kernels of
-:mod:`kdlm.losses` run instead.
+On CPU, a loss takes each chunk's log-softmaxes and exps with torch (its vectorized exp and log are much
+faster than numba's scalar ones) and hands the rest, the sums over the vocabulary and the gradient, to
+one compiled function per row (the ``*_rows`` modules beside each family). That function makes two
+passes over the row's log-probability and probability vectors while they sit in the core's cache, where
+element-wise tensor ops make a dozen passes over chunk-sized buffers. forward, reverse and sft stay
+tensor ops on CPU too: few passes, already close to the floor.
 
-- :mod:`kdlm.cpu_rows.kl`: forward/reverse KL mixtures and gaps: AKL (with its exact head search),
-  "jsd", and the total variation distance.
-- :mod:`kdlm.cpu_rows.decoupled`: TCKD and NCKD: DKD and ATKD.
-- :mod:`kdlm.cpu_rows.skew`: KL to a mixture: generalized JSD, skew KL, skew reverse KL (torch takes
-  the log of the mixture).
-
-forward, reverse and sft stay tensor ops on CPU too: few passes, already close to the floor.
-
-Rows are split over ``torch.get_num_threads()`` threads when numba's OpenMP layer shares torch's
-OpenMP runtime (:func:`parts_for`), else they run in the calling thread. Compiled code is cached on
-disk by numba (the first call in a fresh environment compiles, for some seconds).
+Rows are split over ``torch.get_num_threads()`` threads when numba's OpenMP layer shares torch's OpenMP
+runtime (:func:`parts_for`), else they run in the calling thread. Compiled code is cached on disk by
+numba (the first call in a fresh environment compiles, for some seconds). Importing this module changes
+no setting of numba or torch; numba's threading layer is chosen on the first parallel launch.
 """
 
 from __future__ import annotations
@@ -33,11 +26,6 @@ __all__ = ["SUMS", "as_weights", "grad_rows", "parts_for", "run_rows"]
 
 SUMS = {"reassoc", "contract"}  # fastmath flags: sums may be reordered to vectorize; NaN and inf keep their meaning
 
-# Prefer numba's OpenMP layer (see parts_for) unless the user chose a layer; numba reads this on its
-# first parallel launch and falls back to the next layer if OpenMP cannot be loaded.
-if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-
 
 @njit(cache=True, parallel=True)
 def _probe(x):  # pragma: no cover - compiled
@@ -47,6 +35,16 @@ def _probe(x):  # pragma: no cover - compiled
 
 _omp: bool | None = None  # whether rows may run on several threads; decided on first use
 _omp_pid = 0  # the process that decided: a forked child must not launch GNU OpenMP work (numba aborts it)
+
+
+def _prefer_omp() -> None:
+    """Prefer numba's OpenMP layer (see :func:`parts_for`) unless the user chose a layer.
+
+    numba reads the priority on its first parallel launch and falls back to the next layer if OpenMP
+    cannot be loaded; set before that launch, it decides the layer, later it changes nothing.
+    """
+    if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 
 def parts_for(n: int) -> int:
@@ -62,6 +60,7 @@ def parts_for(n: int) -> int:
     if _omp is None:
         _omp, _omp_pid = False, os.getpid()
         try:
+            _prefer_omp()
             _probe(np.empty(2))  # starts numba's threading layer
             _omp = numba.threading_layer() == "omp"
         except Exception:  # no threading layer could be loaded: rows run in the calling thread

@@ -1,15 +1,12 @@
-"""Forward/reverse KL mixtures and probability gaps on CPU, fused row by row with numba: AKL, the
-paper's "jsd" and the total variation distance.
+"""AKL on CPU, fused row by row with numba, with an exact head search that does not sort the row.
 
-Both losses are per token w_f KL(p_t||p_s) + w_r KL(p_s||p_t): fixed weights for "jsd", and for AKL
-(Wu et al. 2024, https://arxiv.org/abs/2404.02657) weights from how far the student is from the teacher
-on the teacher's head tokens, its top tokens up to cumulative probability mu, against the total gap
-sum |p_t - p_s|. Element-wise tensor ops need a dozen passes over the vocabulary for the two KLs, the
-gaps and the gradient, and the head is a sort, which they do badly on CPU (a full sort of a 50k-token
-row costs milliseconds). Here one compiled function per row makes two passes over the row's four
-log-probability / probability vectors while they sit in the core's cache: one for the sums (and the
-head's candidates), one for the gradient. torch still takes the log-softmaxes and exps (its vectorized
-exp is much faster than numba's scalar one).
+AKL (Wu et al. 2024, https://arxiv.org/abs/2404.02657) is per token w_head KL(p_t||p_s) + w_tail
+KL(p_s||p_t), the weights from how far the student is from the teacher on the teacher's head tokens,
+its top tokens up to cumulative probability mu, against the total gap sum |p_t - p_s|. The head is a
+sort, which tensor ops do badly on CPU (a full sort of a 50k-token row costs milliseconds). Here one
+compiled function per row makes two passes over the row's four log-probability / probability vectors
+while they sit in the core's cache: one for the sums (and the head's candidates), one for the gradient;
+the sums and the gradient are those of "jsd" (:mod:`kdlm.losses.kl_rows`).
 
 The head search is exact. Columns are grouped into ``BLOCK`` strided blocks (block b holds columns b,
 b + nb, b + 2 nb, ... with nb = V // BLOCK) and each block's maximum taken. The j-th largest probability
@@ -17,7 +14,6 @@ is >= the j-th largest block maximum m_j (j distinct blocks each hold an entry >
 m_1 + ... + m_j > mu the head has fewer than j tokens, all >= m_j: only the blocks whose maximum is
 >= m_j are scanned, and the entries >= m_j sorted. A row too flat for that bound (the block maxima sum
 to <= mu) gets its floor by bisection on the mass above a threshold instead (one pass per step).
-
 """
 
 from __future__ import annotations
@@ -26,28 +22,15 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kdlm.cpu_rows import SUMS, as_weights, grad_rows, run_rows
+from kdlm.losses.kl_rows import row_grad, row_sums
+from kdlm.losses.threads import SUMS, as_weights, grad_rows, run_rows
 
-__all__ = ["BLOCK", "akl_rows", "head_gap", "mix_rows", "tvd_rows"]
+__all__ = ["BLOCK", "akl_rows", "head_gap"]
 
 BLOCK = 64  # columns per block of the head search's bound
 _BISECT_STEPS = 200  # a bound only: the relative width below stops bisection far earlier
 _BISECT_WIDTH = 1e-3
 _MARGIN = 1e-9  # a floor needs the mass above it to exceed mu by more than any rounding of the sums
-
-
-@njit(nogil=True, cache=True, fastmath=SUMS)
-def _row_sums(ls, lt, ps, pt):  # pragma: no cover - compiled
-    """-sum p_t d, sum p_s d, sum |p_t - p_s| with d = log p_s - log p_t, accumulated in float64."""
-    fkl = 0.0
-    rkl = 0.0
-    gap = 0.0
-    for v in range(ls.shape[0]):
-        d = np.float64(ls[v]) - np.float64(lt[v])
-        fkl -= pt[v] * d
-        rkl += ps[v] * d
-        gap += abs(np.float64(pt[v]) - np.float64(ps[v]))
-    return fkl, rkl, gap
 
 
 @njit(nogil=True, cache=True, fastmath=True)
@@ -142,13 +125,6 @@ def _row_head_gap(pt, ps, mu, maxima, cand_val, cand_col):  # pragma: no cover -
     return gap
 
 
-@njit(nogil=True, cache=True, fastmath=SUMS)
-def _row_grad(ls, lt, ps, pt, cr, c1, cf, out):  # pragma: no cover - compiled
-    """cf (p_s - p_t) + cr p_s (d - rkl) = p_s (cr d + c1) - cf p_t, c1 = cf - cr rkl."""
-    for v in range(ls.shape[0]):
-        out[v] = ps[v] * (cr * (ls[v] - lt[v]) + c1) - cf * pt[v]
-
-
 @njit(nogil=True, cache=True)
 def _akl_range(ls, lt, ps, pt, w, mu, want_grad, out, terms, lo, hi):  # pragma: no cover - compiled
     """Rows lo..hi-1: terms[i] = (akl, head weight, forward KL, reverse KL, gap, head gap); out[i] = gradient."""
@@ -158,7 +134,7 @@ def _akl_range(ls, lt, ps, pt, w, mu, want_grad, out, terms, lo, hi):  # pragma:
     cand_col = np.empty(V, dtype=np.int64)
     one = ls.dtype.type(1.0)
     for i in range(lo, hi):
-        fkl, rkl, total = _row_sums(ls[i], lt[i], ps[i], pt[i])
+        fkl, rkl, total = row_sums(ls[i], lt[i], ps[i], pt[i])
         head = _row_head_gap(pt[i], ps[i], mu, maxima, cand_val, cand_col)
         wh, wt = 0.5, 0.5
         if total > 0:
@@ -171,44 +147,7 @@ def _akl_range(ls, lt, ps, pt, w, mu, want_grad, out, terms, lo, hi):  # pragma:
         terms[i, 5] = head
         if want_grad:
             cf, cr = w[i] * wh, w[i] * wt
-            _row_grad(ls[i], lt[i], ps[i], pt[i], one * cr, one * (cf - cr * rkl), one * cf, out[i])
-
-
-@njit(nogil=True, cache=True)
-def _mix_range(ls, lt, ps, pt, wf, wr, want_grad, out, terms, lo, hi):  # pragma: no cover - compiled
-    """Rows lo..hi-1: terms[i] = (forward KL, reverse KL); out[i] = gradient of wf KL_f + wr KL_r."""
-    one = ls.dtype.type(1.0)
-    for i in range(lo, hi):
-        fkl, rkl, _ = _row_sums(ls[i], lt[i], ps[i], pt[i])
-        terms[i, 0] = fkl
-        terms[i, 1] = rkl
-        if want_grad:
-            cf, cr = wf[i], wr[i]
-            _row_grad(ls[i], lt[i], ps[i], pt[i], one * cr, one * (cf - cr * rkl), one * cf, out[i])
-
-
-@njit(nogil=True, cache=True, fastmath=SUMS)
-def _tvd_range(ps, pt, w, want_grad, out, terms, lo, hi):  # pragma: no cover - compiled
-    """Rows lo..hi-1: terms[i] = 0.5 sum |p_t - p_s|; out[i] = -0.5 w p_s (sign(p_t - p_s) - <p_s, sign>)."""
-    for i in range(lo, hi):
-        gap = 0.0
-        dot = 0.0
-        for v in range(ps.shape[1]):
-            e = np.float64(pt[i, v]) - np.float64(ps[i, v])
-            gap += abs(e)
-            dot += ps[i, v] * np.sign(e)
-        terms[i] = 0.5 * gap
-        if want_grad:
-            c = -0.5 * w[i]
-            for v in range(ps.shape[1]):
-                out[i, v] = c * ps[i, v] * (np.sign(np.float64(pt[i, v]) - np.float64(ps[i, v])) - dot)
-
-
-@njit(nogil=True, cache=True, parallel=True)
-def _tvd_parts(ps, pt, w, want_grad, out, terms, parts):  # pragma: no cover - compiled
-    n = ps.shape[0]
-    for k in prange(parts):
-        _tvd_range(ps, pt, w, want_grad, out, terms, (n * k) // parts, (n * (k + 1)) // parts)
+            row_grad(ls[i], lt[i], ps[i], pt[i], one * cr, one * (cf - cr * rkl), one * cf, out[i])
 
 
 @njit(nogil=True, cache=True)
@@ -226,13 +165,6 @@ def _akl_parts(ls, lt, ps, pt, w, mu, want_grad, out, terms, parts):  # pragma: 
     n = ls.shape[0]
     for k in prange(parts):
         _akl_range(ls, lt, ps, pt, w, mu, want_grad, out, terms, (n * k) // parts, (n * (k + 1)) // parts)
-
-
-@njit(nogil=True, cache=True, parallel=True)
-def _mix_parts(ls, lt, ps, pt, wf, wr, want_grad, out, terms, parts):  # pragma: no cover - compiled
-    n = ls.shape[0]
-    for k in prange(parts):
-        _mix_range(ls, lt, ps, pt, wf, wr, want_grad, out, terms, (n * k) // parts, (n * (k + 1)) // parts)
 
 
 @njit(nogil=True, cache=True, parallel=True)
@@ -259,42 +191,6 @@ def akl_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Ten
     terms = np.empty((ls.shape[0], 6), dtype=np.float64)
     args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), as_weights(w), float(mu), w is not None, grad_rows(out, ls))
     run_rows(_akl_range, _akl_parts, ls.shape[0], *args, terms)
-    return torch.from_numpy(terms)
-
-
-def mix_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Tensor,
-             w: tuple[torch.Tensor, torch.Tensor] | None, out: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
-    """Forward and reverse KL per token and (if ``w`` is given) the gradient of their weighted sum.
-
-    Args:
-        ls, lt, ps, pt: as for :func:`akl_rows`.
-        w: ((n,), (n,)) weights of each token's forward and reverse KL in the loss, or None.
-        out: (n, V), the dtype of ``ls``: receives the gradient with respect to the student's scaled logits.
-
-    Returns:
-        (n, 2) float64: per token forward KL, reverse KL.
-    """
-    terms = np.empty((ls.shape[0], 2), dtype=np.float64)
-    wf, wr = (None, None) if w is None else w
-    args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), as_weights(wf), as_weights(wr), w is not None)
-    run_rows(_mix_range, _mix_parts, ls.shape[0], *args, grad_rows(out, ls), terms)
-    return torch.from_numpy(terms)
-
-
-def tvd_rows(ps: torch.Tensor, pt: torch.Tensor, w: torch.Tensor | None, out: torch.Tensor | None) -> torch.Tensor:
-    """Total variation per token and (if ``w`` is given) the gradient of its weighted sum.
-
-    Args:
-        ps, pt: (n, V) student / teacher probabilities, CPU tensors of one float dtype.
-        w: (n,) weight of each token in the loss, or None. out: (n, V), the dtype of ``ps``: the gradient
-            with respect to the student's scaled logits.
-
-    Returns:
-        (n,) float64: 0.5 sum |p_t - p_s| per token.
-    """
-    terms = np.empty(ps.shape[0], dtype=np.float64)
-    run_rows(_tvd_range, _tvd_parts, ps.shape[0], ps.numpy(), pt.numpy(), as_weights(w), w is not None,
-             grad_rows(out, ps), terms)  # fmt: skip
     return torch.from_numpy(terms)
 
 

@@ -3,10 +3,10 @@
 With m a mixture of the two distributions, ``gjsd`` is beta KL(p_t||m) + (1-beta) KL(p_s||m) with
 m = beta p_t + (1-beta) p_s (GKD), ``skl`` is KL(p_t||m) with m = alpha p_t + (1-alpha) p_s and ``srkl``
 KL(p_s||m) with m = (1-alpha) p_t + alpha p_s (DistiLLM). torch takes log m (one lerp and one log, log
-space where m underflows: :func:`kdlm.losses._log_mix_p`); per row, one pass makes the sums and one the
-gradient, the formulas of the tensor-op kernels in :mod:`kdlm.losses`. The ratios p_t / m and p_s / m
-that the skew gradients need are taken from the probabilities (m > 0 wherever p_s is not 0; where m
-is 0, p_s is 0 and the entry's gradient is 0).
+space where m underflows: :func:`kdlm.losses.skew.log_mix_p`); per row, one pass makes the sums and one
+the gradient, the formulas of the tensor-op kernels in :mod:`kdlm.losses.skew`. The ratios p_t / m and
+p_s / m that the skew gradients need are taken from the probabilities (m > 0 wherever p_s is not 0;
+where m is 0, p_s is 0 and the entry's gradient is 0).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kdlm.cpu_rows import SUMS, as_weights, grad_rows, run_rows
+from kdlm.losses.threads import SUMS, as_weights, grad_rows, run_rows
 
 __all__ = ["GJSD", "SKL", "SRKL", "skew_rows"]
 
