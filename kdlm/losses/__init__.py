@@ -42,6 +42,8 @@ and :mod:`~kdlm.losses.reference` holds the straightforward full-tensor versions
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 
 from kdlm.losses import akl, decoupled, kl, sft, skew
@@ -63,5 +65,14 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
     "akl": akl.akl,
     "sft": sft.sft,
 }
+# A loss written as one per-token function (engine.per_token_loss) in a module of its own is found here:
+# adding one touches that module and its line in kdlm.methods.HPARAMS (docs/design.md, "Extending kdlm").
+_INFRASTRUCTURE = {"engine", "threads", "reference", "akl", "decoupled", "kl", "sft", "skew"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name in _INFRASTRUCTURE or _module.name.endswith("_rows"):
+        continue
+    for _value in vars(importlib.import_module(f"{__name__}.{_module.name}")).values():
+        if callable(_value) and getattr(_value, "loss_name", None) and _value.loss_name not in LOSSES:
+            LOSSES[_value.loss_name] = _value
 if set(LOSSES) != set(LOSS_NAMES):
     raise RuntimeError(f"LOSSES {sorted(LOSSES)} and kdlm.methods.LOSS_NAMES {sorted(LOSS_NAMES)} differ")

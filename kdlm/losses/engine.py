@@ -387,4 +387,6 @@ def per_token_loss(name: str, fn: PerToken) -> Callable[..., Tensor]:
 
     loss.__name__ = loss.__qualname__ = name
     loss.__doc__ = fn.__doc__ or f"The per-token loss {name}."
+    loss.per_token = fn  # kdlm.losses registers it as `name`; kdlm.losses.reference derives its reference
+    loss.loss_name = name
     return with_shapes_doc(loss)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from kdlm.losses import LOSSES
 from kdlm.losses.engine import IGNORE_INDEX
 from kdlm.methods import LOSS_NAMES
 
@@ -163,6 +164,21 @@ def ref_sft(student_logits, teacher_logits, labels, temperature=1.0, **_):
     return F.cross_entropy(s.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum") / n
 
 
+def from_per_token(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """The reference of a loss written as one per-token function: that function on the whole (B, T, V)
+    log-probabilities at once, masked and averaged here, gradient by plain autograd. It checks what the
+    engine adds (chunking, masking, temperature, dtypes, the gradient rows), not the formula itself."""
+
+    def ref(student_logits, teacher_logits, labels, temperature=1.0, chunk_size=None, **hparams):
+        s, t, mask, n = _prep(student_logits, teacher_logits, labels, temperature)
+        rows = mask.flatten()  # (B*T,)
+        ls = F.log_softmax(s.flatten(0, 1)[rows], -1)  # (N, V)
+        lt = None if t is None else F.log_softmax(t.flatten(0, 1)[rows], -1)  # (N, V)
+        return fn(ls, lt, labels.flatten()[rows], **hparams).sum() / n
+
+    return ref
+
+
 REFERENCE: dict[str, Callable[..., Tensor]] = {
     "forward": ref_forward,
     "reverse": ref_reverse,
@@ -176,5 +192,7 @@ REFERENCE: dict[str, Callable[..., Tensor]] = {
     "akl": ref_akl,
     "sft": ref_sft,
 }
+REFERENCE.update({name: from_per_token(loss.per_token) for name, loss in LOSSES.items()
+                  if name not in REFERENCE and hasattr(loss, "per_token")})  # fmt: skip
 if set(REFERENCE) != set(LOSS_NAMES):
     raise RuntimeError(f"REFERENCE {sorted(REFERENCE)} and kdlm.methods.LOSS_NAMES {sorted(LOSS_NAMES)} differ")
