@@ -15,7 +15,7 @@ from pathlib import Path
 from kdlm import bench
 from kdlm.data.mixing import MixConfig, mix
 from kdlm.data.records import PrepareConfig, prepare
-from kdlm.data.templates import check_template
+from kdlm.data.templates import DEFAULT_TEMPLATE, check_template
 from kdlm.decoding import GenerateConfig
 from kdlm.evaluation.evaluate import evaluate_model
 from kdlm.evaluation.judge import JudgeConfig, judge_evaluation
@@ -32,6 +32,7 @@ from kdlm.models import set_threads
 from kdlm.report import ReportConfig, write_report
 from kdlm.results import show_results
 from kdlm.sections import build, merged
+from kdlm.study import SOURCES
 from kdlm.training.config import MethodConfig, TrainConfig
 from kdlm.training.trainer import train
 
@@ -57,7 +58,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=None)
     group.add_argument("--max-prompt-tokens", type=int, default=None, help="cut longer prompts from the left")
     parser.add_argument(
-        "--template", default="paper", help="prompt template: paper | alpaca | an fschat template (kdlm.data.templates)"
+        "--template", default=DEFAULT_TEMPLATE, help="prompt template: paper | alpaca | an fschat template (kdlm.data.templates)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
@@ -82,7 +83,6 @@ def _lab_corpus(args: argparse.Namespace) -> int:
 
 
 def _lab_tokenizer(args: argparse.Namespace) -> int:
-
     cfg = build(TokenizerSettings, merged(args.config, vocab_size=args.vocab_size), "lab.tokenizer")
     train_tokenizer(training_texts(args.corpus, args.template), cfg.vocab_size, args.out)
     print(args.out)
@@ -90,7 +90,6 @@ def _lab_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _lab_model(args: argparse.Namespace) -> int:
-
     flags = ("family", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings", "seed")
     cfg = build(LabModelConfig, merged(args.config, **{k: getattr(args, k) for k in flags}), "lab model")
     n = build_model(cfg, args.tokenizer, args.out)
@@ -99,7 +98,6 @@ def _lab_model(args: argparse.Namespace) -> int:
 
 
 def _add_lab(sub) -> None:
-
     lab = sub.add_parser("lab", help="build the embedded lab: corpus, tokenizer, tiny models")
     lab_sub = lab.add_subparsers(dest="lab_verb", required=True)
 
@@ -117,7 +115,7 @@ def _add_lab(sub) -> None:
     p.add_argument("--corpus", type=Path, nargs="+", required=True, help="Alpaca JSON files")
     p.add_argument("--config", type=_json_dict, default={}, help="JSON object of lab.tokenizer settings")
     p.add_argument("--vocab-size", type=int, default=None)
-    p.add_argument("--template", default="paper")
+    p.add_argument("--template", default=DEFAULT_TEMPLATE)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_lab_tokenizer)
 
@@ -139,7 +137,6 @@ def _add_lab(sub) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-
     values = merged(args.spec, format=args.format, fields=args.fields, on_bad_record=args.on_bad_record,
                     hf_split=args.hf_split, hf_name=args.hf_name)  # fmt: skip
     cfg = build(PrepareConfig, {**values, "input": args.input, "out": args.out, "dataset": args.dataset}, "prepare")
@@ -149,7 +146,6 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-
     check_template(args.template)
     shard = parse_shard(args.shard) if args.shard else None
     set_threads(args.threads)
@@ -168,7 +164,6 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _mix(args: argparse.Namespace) -> int:
-
     check_template(args.template)
     values = merged(args.mix, ratio=args.ratio, seed=args.seed)
     cfg = build(MixConfig, {**values, "source": args.source, "template": args.template}, "mix")
@@ -182,7 +177,7 @@ def _mix(args: argparse.Namespace) -> int:
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--training", type=_json_dict, default={}, help="JSON object of TrainConfig fields")
-    parser.add_argument("--template", default="paper", help="prompt template (for records input)")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template (for records input)")
     parser.add_argument("--out", type=Path, required=True, help="output model directory")
     parser.add_argument(
         "--checkpoint-dir",
@@ -194,7 +189,6 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace, teacher: str | None, method: dict) -> int:
-
     run = train(
         student_path=args.student,
         teacher_path=teacher,
@@ -222,7 +216,6 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-
     set_threads(args.threads)
     means = evaluate_model(args.model, args.records, args.out, _generation_config(args), args.template, args.label)
     print(f"{args.out}: " + ", ".join(f"{k}={v:.3f}" for k, v in means.items()))
@@ -230,22 +223,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-
-    cfg = ReportConfig(
-        baseline_method=args.baseline_method or None,
-        n_resamples=args.n_resamples,
-        plots_dir=args.plots_dir,
-        train_logs=args.train_logs,
-        judge_files=args.judge,
-        harness_files=args.harness,
-    )
+    values = merged({}, baseline_method=args.baseline_method, n_resamples=args.n_resamples)
+    if values.get("baseline_method") == "":  # '' on the command line: no Δ
+        values["baseline_method"] = None
+    cfg = build(ReportConfig, {**values, "plots_dir": args.plots_dir, "train_logs": args.train_logs,
+                               "judge_files": args.judge, "harness_files": args.harness}, "report")  # fmt: skip
     md = write_report(args.evals, args.out_dir, cfg)
     print(md.read_text())
     return 0
 
 
 def _judge(args: argparse.Namespace) -> int:
-
     values = merged(args.judge, base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
                     concurrency=args.concurrency, max_retries=args.max_retries, timeout=args.timeout,
                     backoff=args.backoff, both_orders=False if args.one_order else None)  # fmt: skip
@@ -260,7 +248,6 @@ def _judge(args: argparse.Namespace) -> int:
 
 
 def _harness(args: argparse.Namespace) -> int:
-
     values = merged(args.lm_eval, tasks=args.tasks, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
                     limit=args.limit, device=args.device, on_error=args.on_error)  # fmt: skip
     cfg = build(HarnessConfig, values, "lm_eval")
@@ -271,7 +258,6 @@ def _harness(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-
     return show_results(args.table, args.filter, args.metric, args.task, args.sort)
 
 
@@ -320,11 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--generated", type=Path, default=None, help="teacher responses (sources teacher, mix_token, mix_request_teacher)"
     )
-    p.add_argument("--source", required=True, help="gt | teacher | student | mix_token | mix_request_teacher | mix_request_gt")
+    p.add_argument("--source", required=True, help=" | ".join(SOURCES))
     p.add_argument("--mix", type=_json_dict, default={}, help="JSON object: the mix section's ratio and seed")
     p.add_argument("--ratio", type=float, default=None, help="on-policy share of the mix_* sources (default 0.5)")
     p.add_argument("--seed", type=int, default=None, help="draws the online rows of mix_request_*")
-    p.add_argument("--template", default="paper")
+    p.add_argument("--template", default=DEFAULT_TEMPLATE)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_mix)
 
@@ -356,9 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evals", type=Path, nargs="+", required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument(
-        "--baseline-method", default="fkl", help="method Δ is taken against (forward KL); '' for no Δ"
+        "--baseline-method", default=None, help="method Δ is taken against (default fkl, forward KL); '' for no Δ"
     )
-    p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples of every interval")
+    p.add_argument("--n-resamples", type=int, default=None, help="bootstrap resamples of every interval (1000)")
     p.add_argument("--plots-dir", type=Path, default=None, help="write PNG figures here")
     p.add_argument(
         "--train-logs", type=Path, nargs="*", default=[], help="results/runs/<run>/train_log.parquet files to plot"

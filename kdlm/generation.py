@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
-from kdlm.data.templates import format_prompt
+from kdlm.data.templates import DEFAULT_TEMPLATE, format_prompt
 from kdlm.decoding import GenerateConfig
 from kdlm.io import atomic_path
 from kdlm.models import load_inference_model, load_tokenizer
@@ -113,7 +113,6 @@ class HFBackend:
         return results
 
     def _batch(self, batch: Sequence[list[int]], seed: int) -> list[dict]:
-
         cfg, tokenizer = self.cfg, self.tokenizer
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         width = max(len(ids) for ids in batch)
@@ -315,8 +314,6 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def _plan_for(model_path: str, records_path: Path, cfg: GenerateConfig, model_name: str, template: str):
-
-
     records = read_table(records_path, RECORDS)
     prompts = [format_prompt(r.instruction, r.input, template) for r in records.itertuples()]
     tokenizer = load_tokenizer(model_path)
@@ -331,7 +328,7 @@ def generate_for_records(
     out: Path,
     cfg: GenerateConfig,
     model_name: str,
-    template: str = "paper",
+    template: str = DEFAULT_TEMPLATE,
     shard: tuple[int, int] | None = None,
     merge_only: bool = False,
 ) -> int:
@@ -388,7 +385,6 @@ def _backend(model_path: str, tokenizer, cfg: GenerateConfig) -> Backend:
 
 
 def _frame(plan: Plan, rows: list[int], results: list[dict], model_name: str, cfg: GenerateConfig):
-
     df = pd.DataFrame(results)
     df.insert(0, "id", [plan.ids[r] for r in rows])
     df.insert(1, "prompt", [plan.prompts[r] for r in rows])
@@ -417,7 +413,6 @@ def merge_shards(plan: Plan, out: Path, cfg: GenerateConfig, model_name: str, re
     Raises:
         ValueError: if a shard is missing or the shards do not hold exactly the planned records.
     """
-
 
     files = [shard_file(out, plan, k) for k in range(len(plan.shards))]
     missing = [k for k, f in enumerate(files) if not f.exists()]

@@ -23,7 +23,6 @@ def set_threads(threads: int | None) -> None:
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
-
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         raise ValueError(

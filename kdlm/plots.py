@@ -31,7 +31,6 @@ def _pyplot():
 
 
 def _save(fig, out: Path) -> None:
-
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
@@ -70,7 +69,6 @@ def plot_scores(summary, metric: str, out: Path) -> None:
 
 
 def _read_logs(train_logs: list[Path]) -> dict[str, object]:
-
     return {run_id(path): read_table(path, TRAIN_LOG) for path in train_logs}
 
 

@@ -121,8 +121,6 @@ def summarize(
 
 
 def _harness_rows(path: Path) -> list[dict]:
-
-
     meta = read_metadata(path)
     missing = [f for f in LABEL_FIELDS if f != "task" and f not in meta]
     if missing:
@@ -139,7 +137,6 @@ def _harness_rows(path: Path) -> list[dict]:
 def _judge_row(path: Path, n_resamples: int) -> dict:
     """Metric `judge` of one `kdlm judge` file: Σ student / Σ reference over the examples whose replies
     parsed, with a bootstrap interval of that ratio; n = those examples."""
-
 
     meta = read_metadata(path)
     missing = [f for f in LABEL_FIELDS if f not in meta]
@@ -287,7 +284,6 @@ def _delta_cell(metric: str, row) -> str:
 
 def write_report(eval_paths: list[Path], out_dir: Path, cfg: ReportConfig | None = None) -> Path:
     """Write summary.{parquet,csv,md} (and deltas.{parquet,csv}, plots) ; returns the markdown path."""
-
 
     cfg = cfg or ReportConfig()
     evaluations = load_evaluations(eval_paths)

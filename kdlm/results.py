@@ -19,7 +19,6 @@ def show_results(
         ValueError: for a malformed filter or an unknown column.
     """
 
-
     df = read_table(table, SUMMARY)
     for expression in filters:
         field, sep, value = expression.partition("=")

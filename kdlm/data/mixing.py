@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdlm.data.templates import format_prompt
+from kdlm.data.templates import DEFAULT_TEMPLATE, format_prompt
 from kdlm.schemas import GENERATED, MIXED, RECORDS, read_metadata, read_table, write_table
 from kdlm.study import ONLINE_ALL, ONLINE_NEVER, ONLINE_TOKENS, SOURCES, Source
 
@@ -52,7 +52,7 @@ class MixConfig:
     source: str
     ratio: float = 0.5  # mix_*: probability a token (mix_token) or a request (mix_request_*) is the student's
     seed: int = 0  # draws the online rows of mix_request_*
-    template: str = "paper"
+    template: str = DEFAULT_TEMPLATE
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -106,7 +106,7 @@ def mix(
     records_path: Path,
     out: Path,
     source: str | MixConfig,
-    template: str = "paper",
+    template: str = DEFAULT_TEMPLATE,
     generated_path: Path | None = None,
 ) -> int:
     """Write the mixed-data parquet for one source (see the module docstring); returns its row count.

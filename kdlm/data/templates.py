@@ -31,6 +31,7 @@ ALPACA_INPUT = (
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
 BUILTIN = ("paper", "alpaca")
+DEFAULT_TEMPLATE = "paper"  # the reference code's prompt
 FSCHAT_PREFIX = "fschat:"
 
 
@@ -64,14 +65,13 @@ def check_template(template: str) -> None:
 
 
 def _fschat_prompt(name: str, query: str) -> str:
-
     conv = get_conv_template(name)  # a fresh copy: appending does not touch the registry
     conv.append_message(conv.roles[0], query)
     conv.append_message(conv.roles[1], None)
     return conv.get_prompt()
 
 
-def format_prompt(instruction: str, input: str = "", template: str = "paper") -> str:
+def format_prompt(instruction: str, input: str = "", template: str = DEFAULT_TEMPLATE) -> str:
     """The prompt a model sees before its response.
 
     Raises:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdlm.data.templates import format_prompt
+from kdlm.data.templates import DEFAULT_TEMPLATE, format_prompt
 from kdlm.evaluation.metrics import SCORERS
 from kdlm.generation import GenerateConfig, generate_responses
 from kdlm.models import load_inference_model, load_tokenizer
@@ -19,7 +19,7 @@ def evaluate_model(
     records_path: Path,
     out: Path,
     cfg: GenerateConfig,
-    template: str = "paper",
+    template: str = DEFAULT_TEMPLATE,
     label: dict | None = None,
 ) -> dict:
     """Generate with the training prompt template, score ROUGE-L and exact match, write the eval parquet.
@@ -31,7 +31,6 @@ def evaluate_model(
     Returns:
         Task means, keyed by metric.
     """
-
 
     records = read_table(records_path, RECORDS)
     tokenizer = load_tokenizer(model_path)

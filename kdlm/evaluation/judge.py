@@ -133,7 +133,6 @@ class ReplyCache:
     """Judge replies in a parquet file, keyed by (judge model, question, answer 1, answer 2)."""
 
     def __init__(self, path: Path) -> None:
-
         self.path = Path(path)
         self.rows: dict[str, dict] = {}
         if self.path.exists():
@@ -151,8 +150,6 @@ class ReplyCache:
         self._dirty = True
 
     def save(self) -> None:
-
-
         if not self._dirty:
             return
         with atomic_path(self.path) as tmp:
@@ -192,7 +189,6 @@ class JudgeClient:
             return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
 
     async def _ask(self, client, prompt: str) -> str:
-
         body = {
             "model": self.cfg.model,
             "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}],
@@ -263,7 +259,6 @@ def judge_evaluation(
     Raises:
         JudgeError: when some request failed for good; replies received so far stay cached.
     """
-
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     evaluation = read_table(eval_path, EVAL)

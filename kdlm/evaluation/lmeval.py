@@ -100,7 +100,6 @@ def evaluate_harness(model_dir: str, out: Path, cfg: HarnessConfig, label: dict 
         HarnessUnavailable: lm-eval missing or a data set unreachable, unless `cfg.on_error == "missing"`.
     """
 
-
     try:
         table = results_table(_run(model_dir, cfg))
     except HarnessUnavailable as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from kdlm.data.templates import DEFAULT_TEMPLATE
 from kdlm.lab.corpus import CorpusConfig, build_corpus, training_texts, write_corpus
 from kdlm.lab.models import LabModelConfig, build_model
 from kdlm.lab.tokenizer import train_tokenizer
@@ -23,7 +24,7 @@ def build_lab(
     corpus: CorpusConfig,
     models: Mapping[str, LabModelConfig],
     vocab_size: int,
-    template: str = "paper",
+    template: str = DEFAULT_TEMPLATE,
 ) -> dict[str, Path]:
     """Build a lab in `out_dir` and return its paths.
 

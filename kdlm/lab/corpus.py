@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdlm.data.templates import format_prompt
+from kdlm.data.templates import DEFAULT_TEMPLATE, format_prompt
 from kdlm.io import atomic_path
 
 Record = dict[str, str]
@@ -196,7 +196,7 @@ def corpus_texts(records: Iterable[Record]) -> Iterable[str]:
         yield from (record["instruction"], record["input"], record["output"])
 
 
-def training_texts(paths: Iterable[Path], template: str = "paper") -> Iterator[str]:
+def training_texts(paths: Iterable[Path], template: str = DEFAULT_TEMPLATE) -> Iterator[str]:
     """Each record as the model will see it (prompt + response): what the lab tokenizer learns from."""
 
     for path in paths:

@@ -95,7 +95,6 @@ def claim_checkpoint_dir(checkpoint_dir: Path, identity: dict, resume: Path | No
         stored = json.loads(path.read_text())
         differ = _differences(stored, identity)
         if (resume / "config.json").exists():
-
             saved = json.loads(json.dumps(_architecture(AutoConfig.from_pretrained(resume).to_dict())))
             differ += _differences({"architecture": saved}, {"architecture": identity["architecture"]})
         if differ:

@@ -69,7 +69,6 @@ def load_rows(path: Path, template: str) -> TrainingRows:
         ValueError: if a mixed file has online rows but names no known on-policy source.
     """
 
-
     names = pq.read_schema(path).names
     if "prompt" not in names:
         df = read_table(path, RECORDS)

@@ -26,6 +26,7 @@ import transformers
 from transformers import Trainer, TrainingArguments
 
 import kdlm
+from kdlm.data.templates import DEFAULT_TEMPLATE
 from kdlm.data.tokenize import IGNORE_INDEX
 from kdlm.io import atomic_dir
 from kdlm.losses import LOSSES
@@ -133,8 +134,6 @@ def _git_commit() -> str | None:
 
 
 def _versions() -> dict[str, str]:
-
-
     return {
         "kdlm": kdlm.__version__,
         "torch": torch.__version__,
@@ -186,7 +185,7 @@ def train(
     out_dir: Path,
     method: MethodConfig,
     cfg: TrainConfig,
-    template: str = "paper",
+    template: str = DEFAULT_TEMPLATE,
     checkpoint_dir: Path | None = None,
     extra_info: dict | None = None,
     sample_hook: SampleHook | None = None,
