@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kdlm.decoding import GenerateConfig
@@ -253,6 +254,33 @@ class Study:
     def teacher_dir(self, teacher: str) -> str:
         spec = self.config["teachers"][teacher]
         return f"results/models/teachers/{teacher}" if spec.get("finetune", False) else spec["path"]
+
+    def dataset_split(self, dataset: str, split: str) -> dict[str, str]:
+        """`{path, split, name}` of one split: a config string is the path (for format `hf` a hub id or
+        directory whose HF split has the same name as ours)."""
+        spec = self.config["datasets"][dataset]["splits"][split]
+        spec = {"path": spec} if isinstance(spec, str) else dict(spec)
+        if self.config["datasets"][dataset]["format"] == "hf":
+            spec.setdefault("split", split)
+        return spec
+
+    def missing_inputs(self) -> list[str]:
+        """A note per data file or local model directory of the study that is not there (yet): the study
+        still plans, and the jobs that need it fail until it arrives."""
+        refs = [("train_split", self.config["train_split"])]
+        refs += [(f"evaluation.tasks.{t}", self.config["evaluation"]["tasks"][t]) for t in self.tasks()]
+        notes = []
+        for key, ref in refs:
+            path = self.dataset_split(ref["dataset"], ref["split"])["path"]
+            hub = self.config["datasets"][ref["dataset"]]["format"] == "hf"
+            if not path.startswith("results/") and not Path(path).exists() and not hub:
+                notes.append(f"{key}: data file {path} does not exist yet; its prepare job fails until it does")
+        models = [(f"students.{s}", self.config["students"][s]["path"]) for s in self.students()]
+        models += [(f"teachers.{t}", self.config["teachers"][t]["path"]) for t in self.teachers()]
+        for key, path in models:
+            if (Path(path).is_absolute() or path.startswith(".")) and not Path(path).is_dir():
+                notes.append(f"{key}.path: {path} is not a directory here; jobs that load it fail until it is")
+        return list(dict.fromkeys(notes))
 
     def eval_target(self, model: str) -> tuple[str, dict[str, Any]]:
         """(model directory, description) of an evaluation target: `teacher/<name>`, `base/<student>`

@@ -69,48 +69,19 @@ def train_records():
     return records_path(TRAIN_DATASET, TRAIN_SPLIT)
 
 
-def dataset_split(dataset, split):
-    """`{path, split, name}` of one split: a config string is the path (for format `hf` a hub id or
-    directory whose HF split has the same name as ours)."""
-    spec = config["datasets"][dataset]["splits"][split]
-    spec = {"path": spec} if isinstance(spec, str) else dict(spec)
-    if config["datasets"][dataset]["format"] == "hf":
-        spec.setdefault("split", split)
-    return spec
-
-
 def get_dataset_file(wildcards):
     """The data file as an input when this workflow makes it or it exists; nothing for a hub id or a file
     not there yet, so that `snakemake -n` plans a study before its data arrive."""
-    path = dataset_split(wildcards.dataset, wildcards.split)["path"]
+    path = STUDY.dataset_split(wildcards.dataset, wildcards.split)["path"]
     return [path] if path.startswith("results/") or Path(path).exists() else []
 
 
 def prepare_spec(wildcards):
     """`kdlm prepare --spec`: the data set's format options and this split's HF split and name."""
     ds = {k: v for k, v in config["datasets"][wildcards.dataset].items() if k != "splits"}
-    spec = dataset_split(wildcards.dataset, wildcards.split)
+    spec = STUDY.dataset_split(wildcards.dataset, wildcards.split)
     hf = {f"hf_{k}": spec[k] for k in ("split", "name") if k in spec}
     return json_arg({**ds, **hf})
-
-
-def _note_missing_inputs():
-    """One stderr line per data file or local model directory of the study that is not there (yet)."""
-    refs = [("train_split", config["train_split"])]
-    refs += [(f"evaluation.tasks.{task}", config["evaluation"]["tasks"][task]) for task in STUDY.tasks()]
-    notes = []
-    for key, ref in refs:
-        path = dataset_split(ref["dataset"], ref["split"])["path"]
-        hub = config["datasets"][ref["dataset"]]["format"] == "hf"
-        if not path.startswith("results/") and not Path(path).exists() and not hub:
-            notes.append(f"{key}: data file {path} does not exist yet; its prepare job fails until it does")
-    models = [(f"students.{s}", config["students"][s]["path"]) for s in STUDY.students()]
-    models += [(f"teachers.{t}", config["teachers"][t]["path"]) for t in STUDY.teachers()]
-    for key, path in models:
-        if (Path(path).is_absolute() or path.startswith(".")) and not Path(path).is_dir():
-            notes.append(f"{key}.path: {path} is not a directory here; jobs that load it fail until it is")
-    for note in dict.fromkeys(notes):
-        print(f"kdlm: note: {note}", file=sys.stderr)
 
 
 def get_teacher_base(wildcards):
@@ -200,4 +171,5 @@ def train_logs():
     return [f"results/runs/{run}/train_log.parquet" for run in STUDY.runs()]
 
 
-_note_missing_inputs()
+for note in STUDY.missing_inputs():
+    print(f"kdlm: note: {note}", file=sys.stderr)

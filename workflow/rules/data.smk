@@ -16,7 +16,7 @@ rule prepare:
     conda:
         CONDA_ENV
     params:
-        path=lambda wildcards: shlex.quote(dataset_split(wildcards.dataset, wildcards.split)["path"]),
+        path=lambda wildcards: shlex.quote(STUDY.dataset_split(wildcards.dataset, wildcards.split)["path"]),
         spec=prepare_spec,
     shell:
         "kdlm prepare --input {params.path} --spec {params.spec} --dataset {wildcards.dataset} --out {output}"
