@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -160,10 +160,7 @@ class MixSettings:
 
     ratio: float = 0.5
     seed: int = 0
-    sources: list[str] = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.sources = list(self.sources or [])
+    sources: list[str] = field(default_factory=list)
 
 
 # -------------------------------------------------------------------------------------- the study
