@@ -30,10 +30,10 @@ def test_batched_greedy_equals_one_prompt_at_a_time(teacher):
 
 def test_sampling_is_deterministic_given_the_seed(teacher):
     model, tokenizer = teacher
-    cfg = GenerateConfig(max_new_tokens=8, do_sample=True, temperature=1.5, seed=7)
+    cfg = GenerateConfig(max_new_tokens=8, sample=True, temperature=1.5, seed=7)
     first = generate_responses(model, tokenizer, PROMPTS, cfg)
     assert generate_responses(model, tokenizer, PROMPTS, cfg) == first
-    other = generate_responses(model, tokenizer, PROMPTS, GenerateConfig(max_new_tokens=8, do_sample=True, temperature=1.5, seed=8))
+    other = generate_responses(model, tokenizer, PROMPTS, GenerateConfig(max_new_tokens=8, sample=True, temperature=1.5, seed=8))
     assert other != first
 
 
