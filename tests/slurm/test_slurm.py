@@ -234,6 +234,9 @@ def test_requeued_distill_job_resumes_in_the_same_run(slurm_cluster, slurm_repor
         while _squeue_states("-j", str(jobid)).get(jobid) != "PENDING":
             assert time.monotonic() < deadline, _squeue_states("-j", str(jobid))
             time.sleep(0.5)
+        # slurmd refuses to launch a job it is still tearing down ("Job N already killed, do not launch
+        # batch job", seen when the release came 0.7 s after the kill): give the teardown a few seconds
+        time.sleep(5)
         subprocess.run(
             ["scontrol", "update", f"JobId={jobid}", "StartTime=now"], check=True, env=ENV, timeout=60
         )
