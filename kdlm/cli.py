@@ -157,7 +157,6 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         print(f"{args.out}: {n} responses")
     if args.done is not None:
-
         with atomic_path(args.done) as tmp:
             tmp.write_text(json.dumps({"out": str(args.out), "shard": args.shard, "responses": n}) + "\n")
     return 0

@@ -304,7 +304,6 @@ def write_report(eval_paths: list[Path], out_dir: Path, cfg: ReportConfig | None
     with atomic_path(md) as tmp:
         tmp.write_text(markdown_tables(summary, deltas, cfg.baseline_method))
     if cfg.plots_dir is not None:
-
         for note in write_plots(summary, cfg.train_logs, cfg.plots_dir):
             print(note)
     return md

@@ -103,13 +103,11 @@ def _jsonl(path: Path) -> Iterator[RawItem]:
 
 def _table(path: Path, fmt: str) -> Iterator[RawItem]:
     if fmt == "parquet":
-
         try:
             rows = pq.read_table(path).to_pylist()  # native Python values, nested lists kept
         except (pa.ArrowInvalid, OSError) as err:
             raise RecordError(f"{path}: not a readable parquet file ({err})") from err
     else:
-
         try:
             rows = pd.read_csv(path, dtype=str, keep_default_na=False).to_dict(orient="records")
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:

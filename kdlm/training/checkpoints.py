@@ -104,6 +104,5 @@ def claim_checkpoint_dir(checkpoint_dir: Path, identity: dict, resume: Path | No
             )
         return
     if int(os.environ.get("RANK", "0")) == 0:
-
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
