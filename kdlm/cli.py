@@ -194,7 +194,7 @@ def _train(args: argparse.Namespace, teacher: str | None, method: dict) -> int:
         data_path=args.data,
         out_dir=args.out,
         method=MethodConfig.from_dict(method),
-        cfg=TrainConfig.from_dict(args.training),
+        cfg=build(TrainConfig, args.training, "training"),
         template=args.template,
         checkpoint_dir=args.checkpoint_dir,
         extra_info=args.info,

@@ -5,7 +5,6 @@ that holds its defaults and ranges. Torch-free: the workflow runs them at planni
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
@@ -23,35 +22,30 @@ from kdlm.study import NO_TEACHER, SOURCES, MixSettings, Threads
 from kdlm.training.config import TrainConfig
 
 
-def sections(config: dict) -> dict[str, Any]:
-    """Every config section as its dataclass, keyed by its dotted config key (ValueError on the first bad
-    one). Disabled optional evaluations are left out; `enabled` is the workflow's, not the verb's."""
+def _sections(config: dict) -> list[tuple[str, type, dict]]:
+    """(dotted key, dataclass, values) of every config section. Disabled optional evaluations are left out
+    (`enabled` is the workflow's, not the verb's); a data set's format options are checked without a file."""
     lab = config.get("lab") or {}
     evaluation = config["evaluation"]
-    typed = {
-        "threads": (Threads, config.get("threads")),
-        "mix": (MixSettings, config.get("mix")),
-        "teacher_training": (TrainConfig, config.get("teacher_training")),
-        "training": (TrainConfig, config.get("training")),
-        "teacher_generation": (GenerateConfig, config.get("teacher_generation")),
-        "evaluation.generation": (GenerateConfig, evaluation.get("generation")),
-        "lab.corpus": (CorpusConfig, lab.get("corpus")),
-        "lab.tokenizer": (TokenizerSettings, lab.get("tokenizer")),
-    }
-    typed.update({f"lab.models.{name}": (LabModelConfig, spec) for name, spec in (lab.get("models") or {}).items()})
+    typed = [
+        ("threads", Threads, config.get("threads")),
+        ("mix", MixSettings, config.get("mix")),
+        ("teacher_training", TrainConfig, config.get("teacher_training")),
+        ("training", TrainConfig, config.get("training")),
+        ("teacher_generation", GenerateConfig, config.get("teacher_generation")),
+        ("evaluation.generation", GenerateConfig, evaluation.get("generation")),
+        ("lab.corpus", CorpusConfig, lab.get("corpus")),
+        ("lab.tokenizer", TokenizerSettings, lab.get("tokenizer")),
+    ]
+    typed += [(f"lab.models.{name}", LabModelConfig, spec) for name, spec in (lab.get("models") or {}).items()]
     for key, cls in (("judge", JudgeConfig), ("lm_eval", HarnessConfig)):
         values = dict(evaluation.get(key) or {})
         if values.pop("enabled", False):
-            typed[f"evaluation.{key}"] = (cls, values)
-    built, problems = {}, []
-    for key, (cls, values) in typed.items():
-        try:
-            built[key] = build(cls, values, key)
-        except ValueError as err:
-            problems.append(str(err))
-    if problems:
-        raise ValueError("\n  ".join(problems))
-    return built
+            typed.append((f"evaluation.{key}", cls, values))
+    for name, ds in config["datasets"].items():
+        options = {k: v for k, v in ds.items() if k != "splits"}
+        typed.append((f"datasets.{name}", PrepareConfig, {**options, "input": "-", "out": "-", "dataset": name}))
+    return typed
 
 
 def check_config(config: dict) -> list[str]:
@@ -101,14 +95,9 @@ def check_config(config: dict) -> list[str]:
         check_template(config["prompt_template"])
     except ValueError as err:
         problems.append(f"prompt_template: {err}")
-    try:
-        sections(config)
-    except ValueError as err:
-        problems.append(str(err))
-    for name, ds in config["datasets"].items():
-        options = {k: v for k, v in ds.items() if k != "splits"}
+    for key, cls, values in _sections(config):
         try:
-            build(PrepareConfig, {**options, "input": "-", "out": "-", "dataset": name}, f"datasets.{name}")
+            build(cls, values, key)
         except ValueError as err:
             problems.append(str(err))
     return problems
