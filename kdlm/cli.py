@@ -21,7 +21,7 @@ from kdlm.evaluation.evaluate import evaluate_model
 from kdlm.evaluation.judge import JudgeConfig, judge_evaluation
 from kdlm.evaluation.lmeval import HarnessConfig, evaluate_harness, primary_scores
 from kdlm.generation import generate_for_records, parse_shard
-from kdlm.io import atomic_path
+from kdlm.io import atomic_path, check_output_dir, check_output_file
 from kdlm.lab.corpus import FAMILIES as CORPUS_FAMILIES
 from kdlm.lab.corpus import CorpusConfig, build_corpus, training_texts, write_corpus
 from kdlm.lab.models import FAMILIES as MODEL_FAMILIES
@@ -257,7 +257,7 @@ def _harness(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    return show_results(args.table, args.filter, args.metric, args.task, args.sort)
+    return show_results(args.table, args.filter, args.metric, args.task, args.sort, pivot=args.pivot)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -387,12 +387,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=None)
     p.add_argument("--task", default=None)
     p.add_argument("--sort", default=None, help="column to sort by (descending)")
+    p.add_argument("--pivot", action="store_true", help="one table per metric: models × tasks and their average")
     p.set_defaults(func=_results)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
     bench.add_arguments(p)
     p.set_defaults(func=_bench)
     return parser
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output path that cannot be written before any work is done (a typo must not cost the
+    minutes of generation or training that precede the write)."""
+    makes_dir = args.verb in ("sft", "distill") or getattr(args, "lab_verb", None) in ("tokenizer", "model")
+    if getattr(args, "out", None) is not None:
+        (check_output_dir if makes_dir else check_output_file)(args.out)
+    if getattr(args, "out_dir", None) is not None:
+        check_output_dir(args.out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )
     try:
+        _check_outputs(args)
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # OSError: missing, unreadable or misplaced paths
         if args.verbose:  # the whole story for a bug report; without -v one line names what is wrong
             traceback.print_exc()
         print(f"kdlm {args.verb}: error: {err}", file=sys.stderr)

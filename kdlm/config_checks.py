@@ -16,6 +16,7 @@ from kdlm.evaluation.judge import JudgeConfig
 from kdlm.evaluation.lmeval import HarnessConfig
 from kdlm.lab.corpus import CorpusConfig
 from kdlm.lab.spec import LabModelConfig, TokenizerSettings
+from kdlm.length_checks import check_lengths
 from kdlm.methods import validate_hparams
 from kdlm.sections import build
 from kdlm.study import NO_TEACHER, SOURCES, MixSettings, Threads
@@ -75,6 +76,8 @@ def check_config(config: dict) -> list[str]:
         first = seen.setdefault((pair["student"], pair["teacher"]), i)
         if first != i:
             problems.append(f"study.pairs.{i}: the same pair as study.pairs.{first}")
+    problems += [f"study.seeds: {seed!r} is not a seed; seeds are integers >= 0"
+                 for seed in spec["seeds"] if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0]  # fmt: skip
     if NO_TEACHER in config["teachers"]:
         problems.append(f"teachers.{NO_TEACHER}: reserved name (runs without a teacher)")
     refs = [("train_split", config["train_split"])]
@@ -103,12 +106,38 @@ def check_config(config: dict) -> list[str]:
     return problems
 
 
-def validate_config(config: dict, schema_path: str | Path) -> None:
+def validate_config(config: dict, schema_path: str | Path) -> list[str]:
     """Stop with every problem of `config`, one line each naming its dotted key: the schema's structure
-    and types first, then (for a config of the right shape) :func:`check_config`."""
+    and types first, then (for a config of the right shape) :func:`check_config`, then (for valid
+    values) the lengths against the models' contexts. Returns the notes worth logging.
+
+    Raises:
+        ValueError: listing every problem of the first stage that has any.
+    """
     schema = yaml.safe_load(Path(schema_path).read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     problems = [f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
     problems = problems or check_config(config)
+    notes: list[str] = []
+    if not problems:
+        problems, notes = check_lengths(config)
     if problems:
         raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
+    return notes
+
+
+def check_yaml_file(path: str | Path) -> None:
+    """Raise one error naming the file, line and column of a YAML syntax error (Snakemake's own loader
+    says only that the file is not valid), before Snakemake reads the file.
+
+    Raises:
+        ValueError: for a file that is not valid YAML.
+    """
+    try:
+        yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ValueError(f"{path}: not valid YAML: {where}{err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None

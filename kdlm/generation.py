@@ -41,12 +41,12 @@ from typing import Protocol
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig
 
 from kdlm.data.templates import DEFAULT_TEMPLATE, format_prompt
 from kdlm.decoding import GenerateConfig
 from kdlm.io import atomic_path
-from kdlm.models import load_inference_model, load_tokenizer
+from kdlm.model_refs import context_from_config, generation_room
+from kdlm.models import load_config, load_inference_model, load_tokenizer
 from kdlm.schemas import GENERATED, RECORDS, read_table, write_table
 
 log = logging.getLogger(__name__)
@@ -57,29 +57,18 @@ def record_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def context_length(model_config) -> int | None:
-    """The model's maximum sequence length (positions), or None if its config states none."""
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(model_config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def prompt_limit(model_config, cfg: GenerateConfig) -> int | None:
     """Most prompt tokens a prompt may keep: the context minus `max_new_tokens`, and `max_prompt_tokens`.
 
     Raises:
         ValueError: if `max_new_tokens` leaves no room for a prompt in the model's context.
     """
-    context = context_length(model_config)
+    context = context_from_config(model_config)
     limits = [cfg.max_prompt_tokens] if cfg.max_prompt_tokens else []
     if context is not None:
-        if context - cfg.max_new_tokens < 1:
-            raise ValueError(
-                f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the model's context "
-                f"of {context} tokens; allowed: max_new_tokens < {context}"
-            )
+        problem = generation_room(context, cfg.max_new_tokens)
+        if problem:
+            raise ValueError(problem)
         limits.append(context - cfg.max_new_tokens)
     return min(limits) if limits else None
 
@@ -224,7 +213,8 @@ def generate_responses(model, tokenizer, prompts: list[str], cfg: GenerateConfig
     `cfg.overlong` says (skipping applies to `generate_for_records`).
 
     Returns:
-        One dict per prompt: response, n_prompt_tokens, n_response_tokens, finish_reason (eos|length).
+        One dict per prompt: response, n_prompt_tokens, n_response_tokens, finish_reason (eos|length),
+        prompt_truncated (cut from the left to fit).
     """
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     limit = prompt_limit(model.config, cfg)
@@ -241,7 +231,9 @@ def generate_responses(model, tokenizer, prompts: list[str], cfg: GenerateConfig
     results: list[dict] = [{}] * len(prompts)
     for i, result in zip(order, out, strict=True):
         results[i] = {**result, "n_prompt_tokens": len(encoded[i])}
-    return [{k: r[k] for k in ("response", "n_prompt_tokens", "n_response_tokens", "finish_reason")} for r in results]
+    cut = set(overlong)
+    keys = ("response", "n_prompt_tokens", "n_response_tokens", "finish_reason")
+    return [{**{k: r[k] for k in keys}, "prompt_truncated": i in cut} for i, r in enumerate(results)]
 
 
 # --------------------------------------------------------------------------------- the sharded stage
@@ -314,10 +306,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def _plan_for(model_path: str, records_path: Path, cfg: GenerateConfig, model_name: str, template: str):
+    limit = prompt_limit(load_config(model_path), cfg)  # before any weight or record is read
     records = read_table(records_path, RECORDS)
     prompts = [format_prompt(r.instruction, r.input, template) for r in records.itertuples()]
     tokenizer = load_tokenizer(model_path)
-    limit = prompt_limit(AutoConfig.from_pretrained(str(model_path)), cfg)
     identity = {"model": model_name, "model_path": str(model_path), "template": template}
     return make_plan(records["id"].tolist(), prompts, tokenizer, limit, cfg, identity), tokenizer
 

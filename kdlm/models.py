@@ -10,7 +10,9 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from kdlm.model_refs import check_model_ref
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +24,24 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _from_hub_or_dir(loader, path: str | Path, what: str, **kwargs):
+    """`loader.from_pretrained(path)` after :func:`check_model_ref`; a hub id that cannot be fetched
+    (offline, private, misspelt) is one line naming it."""
+    ref = check_model_ref(path)
+    try:
+        return loader.from_pretrained(ref, **kwargs)
+    except OSError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{ref}: cannot load its {what} ({reason})") from err
+
+
+def load_config(path: str | Path, trust_remote_code: bool = False):
+    """The model's config alone (no weights): enough to check lengths before anything heavy loads."""
+    return _from_hub_or_dir(AutoConfig, path, "config", trust_remote_code=trust_remote_code)
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    tokenizer = _from_hub_or_dir(AutoTokenizer, path, "tokenizer", trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         raise ValueError(
             f"{path}: tokenizer has no pad token; add a dedicated one (padding with EOS would mask EOS "
@@ -38,9 +56,8 @@ def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool
     """A causal LM from safetensors weights."""
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    return AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
+    return _from_hub_or_dir(AutoModelForCausalLM, path, "weights", dtype=torch_dtype, use_safetensors=True,
+                            trust_remote_code=trust_remote_code)  # fmt: skip
 
 
 def inference_placement(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:

@@ -54,6 +54,7 @@ class Evaluation:
 
     meta: dict
     table: object  # pandas.DataFrame with the EVAL columns
+    truncated_prompts: int = 0  # prompts cut from the left to fit the model's context
 
 
 def load_evaluations(eval_paths: list[Path]) -> list[Evaluation]:
@@ -71,9 +72,10 @@ def load_evaluations(eval_paths: list[Path]) -> list[Evaluation]:
         missing = [f for f in LABEL_FIELDS if f not in meta]
         if missing:
             raise ValueError(f"{path}: evaluation file lacks description field(s) {missing}")
+        truncated = int(meta.get("truncated_prompts", 0))
         meta = {f: meta[f] for f in LABEL_FIELDS}
         meta["seed"] = int(meta["seed"])
-        loaded.append(Evaluation(meta, read_table(path, EVAL)))
+        loaded.append(Evaluation(meta, read_table(path, EVAL), truncated))
     return loaded
 
 
@@ -276,6 +278,17 @@ def markdown_tables(summary, deltas=None, baseline_method: str | None = None) ->
     return "\n".join(lines)
 
 
+def truncation_note(evaluations: list[Evaluation]) -> str:
+    """A section listing the evaluations whose prompts were cut to fit the context ('' when none was):
+    their scores answer shortened questions, which a reader must know."""
+    cut = [ev for ev in evaluations if ev.truncated_prompts]
+    if not cut:
+        return ""
+    lines = ["## Prompts cut to fit the context", "", "| model | task | prompts cut | of |", "|---|---|---|---|"]
+    lines += [f"| {ev.meta['model']} | {ev.meta['task']} | {ev.truncated_prompts} | {len(ev.table)} |" for ev in cut]
+    return "\n".join(lines) + "\n"
+
+
 def _delta_cell(metric: str, row) -> str:
     if row is None:
         return ""
@@ -302,7 +315,7 @@ def write_report(eval_paths: list[Path], out_dir: Path, cfg: ReportConfig | None
         frame.to_csv(tmp, index=False)
     md = out_dir / "summary.md"
     with atomic_path(md) as tmp:
-        tmp.write_text(markdown_tables(summary, deltas, cfg.baseline_method))
+        tmp.write_text(markdown_tables(summary, deltas, cfg.baseline_method) + truncation_note(evaluations))
     if cfg.plots_dir is not None:
         for note in write_plots(summary, cfg.train_logs, cfg.plots_dir):
             print(note)

@@ -119,20 +119,29 @@ def write_table(
 
 def read_metadata(path: str | Path) -> dict:
     """The description `write_table(..., metadata=...)` stored in a parquet file ({} if none)."""
-    meta = pq.read_schema(path).metadata or {}
+    meta = read_file_schema(path).metadata or {}
     raw = meta.get(_META_KEY.encode())
     return json.loads(raw) if raw else {}
+
+
+def read_file_schema(path: str | Path) -> pa.Schema:
+    """A parquet file's schema; a missing file, a directory or a file that is not parquet is one error
+    naming the path."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise SchemaError(f"{path}: is a directory; a parquet file is expected")
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SchemaError(f"{path}: not a readable parquet file ({err})") from err
 
 
 def read_table(path: str | Path, schema: pa.Schema):
     """Read a parquet file and check it has `schema`'s columns with compatible types; returns a DataFrame."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        file_schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise SchemaError(f"{path}: not a readable parquet file ({err})") from err
+    file_schema = read_file_schema(path)
     for field in schema:
         if field.name not in file_schema.names:
             raise SchemaError(

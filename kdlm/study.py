@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kdlm.decoding import GenerateConfig
-from kdlm.sections import build
+from kdlm.sections import build, check_range
 
 # --------------------------------------------------------------------------------------- sources
 
@@ -153,6 +153,10 @@ class Threads:
     generate: int = 2
     evaluate: int = 1
 
+    def __post_init__(self) -> None:
+        for kind in ("train", "generate", "evaluate"):
+            check_range(kind, getattr(self, kind), minimum=1)
+
 
 @dataclass
 class MixSettings:
@@ -161,6 +165,9 @@ class MixSettings:
     ratio: float = 0.5
     seed: int = 0
     sources: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_range("ratio", self.ratio, minimum=0, maximum=1)
 
 
 # -------------------------------------------------------------------------------------- the study

@@ -15,6 +15,7 @@ reorderings of the source file.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -79,9 +80,19 @@ class PrepareConfig:
 RawItem = tuple[str, object, RecordError | None]  # (location, raw record, error reading it)
 
 
+def _decode(path: Path, data: bytes, first_line: int = 1) -> str:
+    """UTF-8 text (a leading byte-order mark dropped, as editors on Windows write one); invalid bytes are
+    one error naming the file and line."""
+    try:
+        return data.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data[: err.start].count(b"\n")
+        raise RecordError(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8") from None
+
+
 def _json_list(path: Path) -> Iterator[RawItem]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_decode(path, path.read_bytes()))
     except json.JSONDecodeError as err:
         raise RecordError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
     if not isinstance(data, list):
@@ -91,8 +102,13 @@ def _json_list(path: Path) -> Iterator[RawItem]:
 
 
 def _jsonl(path: Path) -> Iterator[RawItem]:
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for lineno, raw_line in enumerate(handle, start=1):
+            try:
+                line = _decode(path, raw_line, lineno)
+            except RecordError as err:
+                yield f"line {lineno}", None, RecordError(str(err), "invalid_utf8")
+                continue
             if not line.strip():
                 continue
             try:
@@ -109,8 +125,9 @@ def _table(path: Path, fmt: str) -> Iterator[RawItem]:
             raise RecordError(f"{path}: not a readable parquet file ({err})") from err
     else:
         try:
-            rows = pd.read_csv(path, dtype=str, keep_default_na=False).to_dict(orient="records")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            text = io.StringIO(_decode(path, path.read_bytes()))
+            rows = pd.read_csv(text, dtype=str, keep_default_na=False).to_dict(orient="records")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
             raise RecordError(f"{path}: not a readable CSV file ({err})") from err
     for index, raw in enumerate(rows):
         yield f"row {index}", raw, None
@@ -165,7 +182,10 @@ def _raw_records(cfg: PrepareConfig) -> Iterator[RawItem]:
     """(location, raw record, read error) triples; location is how a message points at the record."""
     if cfg.format == "hf":
         yield from _hf(str(cfg.input), cfg.hf_split, cfg.hf_name)
-    elif cfg.format == "alpaca":
+        return
+    if Path(cfg.input).is_dir():
+        raise RecordError(f"{cfg.input}: is a directory; format {cfg.format!r} reads one file (format 'hf' reads a directory)")
+    if cfg.format == "alpaca":
         yield from _json_list(cfg.input)
     elif cfg.format == "jsonl":
         yield from _jsonl(cfg.input)

@@ -8,8 +8,9 @@ import pandas as pd
 
 from kdlm.data.templates import DEFAULT_TEMPLATE, format_prompt
 from kdlm.evaluation.metrics import SCORERS
-from kdlm.generation import GenerateConfig, generate_responses
-from kdlm.models import load_inference_model, load_tokenizer
+from kdlm.generation import GenerateConfig, generate_responses, prompt_limit
+from kdlm.io import check_output_file
+from kdlm.models import load_config, load_inference_model, load_tokenizer
 from kdlm.schemas import EVAL, RECORDS, read_table, write_table
 from kdlm.study import EVAL_METRICS
 
@@ -28,10 +29,15 @@ def evaluate_model(
         label: what was evaluated (kind, model, student, teacher, source, method, seed, task), stored
             in the file so the report needs nothing else.
 
+    Prompts cut from the left to fit the context are counted in the file's metadata
+    (`truncated_prompts`), which the report shows.
+
     Returns:
         Task means, keyed by metric.
     """
 
+    check_output_file(out)  # before minutes of generation, not after
+    prompt_limit(load_config(model_path), cfg)  # max_new_tokens against the context, before any weight loads
     records = read_table(records_path, RECORDS)
     tokenizer = load_tokenizer(model_path)
     model = load_inference_model(model_path)
@@ -50,5 +56,6 @@ def evaluate_model(
             "finish_reason": [r["finish_reason"] for r in results],
         }
     )
-    write_table(df, out, EVAL, metadata={**(label or {}), "decoding": cfg.describe()})
+    truncated = sum(r["prompt_truncated"] for r in results)
+    write_table(df, out, EVAL, metadata={**(label or {}), "decoding": cfg.describe(), "truncated_prompts": truncated})
     return {m.name: float(df[m.column].mean()) for m in EVAL_METRICS if m.scored}

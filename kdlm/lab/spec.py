@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdlm.sections import check_range
+
 FAMILIES = ("llama", "gpt_neox", "opt")
 
 
@@ -26,6 +28,11 @@ class LabModelConfig:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; allowed: {list(FAMILIES)}")
+        check_range("hidden_size", self.hidden_size, minimum=8)
+        check_range("num_layers", self.num_layers, minimum=1)
+        check_range("num_heads", self.num_heads, minimum=1)
+        check_range("intermediate_size", self.intermediate_size, minimum=8)
+        check_range("max_position_embeddings", self.max_position_embeddings, minimum=16)
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"

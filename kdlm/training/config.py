@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
+from kdlm.sections import build
+
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
 
@@ -25,11 +27,11 @@ class OnPolicyConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"onpolicy max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.sample and self.temperature <= 0:
-            raise ValueError(f"onpolicy temperature must be > 0 when sampling, got {self.temperature}")
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"onpolicy top_p must be in (0, 1], got {self.top_p}")
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
     @classmethod
     def from_dict(cls, values: dict) -> OnPolicyConfig:
@@ -60,20 +62,35 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.onpolicy, dict):
-            self.onpolicy = OnPolicyConfig.from_dict(self.onpolicy)
+            self.onpolicy = build(OnPolicyConfig, self.onpolicy, "onpolicy")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; allowed: {list(SCHEDULERS)}")
-        for name in ("batch_size", "grad_accum", "max_length", "logging_steps", "save_steps"):
+        for name in ("batch_size", "grad_accum", "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"training {name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8, got {self.max_length}")
         if self.lr <= 0:
-            raise ValueError(f"training lr must be > 0, got {self.lr}")
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"training warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("training needs epochs > 0 or max_steps > 0")
-        if self.onpolicy.max_new_tokens is None:
+            raise ValueError("epochs > 0 or max_steps > 0 is needed")
+        self._derived_onpolicy_length = self.onpolicy.max_new_tokens is None
+        if self._derived_onpolicy_length:
             self.onpolicy = replace(self.onpolicy, max_new_tokens=max(self.max_length // 2, 1))
+
+    def capped(self, max_length: int) -> TrainConfig:
+        """These settings with `max_length` lowered to a model's context (an on-policy length that was
+        derived from `max_length` is derived again)."""
+        onpolicy = replace(self.onpolicy, max_new_tokens=None) if self._derived_onpolicy_length else self.onpolicy
+        return replace(self, max_length=min(self.max_length, max_length), onpolicy=onpolicy)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 
 from kdlm.data.templates import format_prompt
 from kdlm.data.tokenize import collate, encode_example
-from kdlm.schemas import MIXED, RECORDS, read_table
+from kdlm.schemas import MIXED, RECORDS, read_file_schema, read_table
 from kdlm.study import SOURCES
 
 
@@ -69,7 +68,7 @@ def load_rows(path: Path, template: str) -> TrainingRows:
         ValueError: if a mixed file has online rows but names no known on-policy source.
     """
 
-    names = pq.read_schema(path).names
+    names = read_file_schema(path).names
     if "prompt" not in names:
         df = read_table(path, RECORDS)
         prompts = [format_prompt(r.instruction, r.input, template) for r in df.itertuples()]

@@ -28,10 +28,18 @@ from transformers import Trainer, TrainingArguments
 import kdlm
 from kdlm.data.templates import DEFAULT_TEMPLATE
 from kdlm.data.tokenize import IGNORE_INDEX
-from kdlm.io import atomic_dir
+from kdlm.io import atomic_dir, check_output_dir
 from kdlm.losses import LOSSES
 from kdlm.methods import validate_hparams
-from kdlm.models import check_vocab_compatible, count_parameters, load_model, load_tokenizer, set_threads
+from kdlm.model_refs import context_from_config
+from kdlm.models import (
+    check_vocab_compatible,
+    count_parameters,
+    load_config,
+    load_model,
+    load_tokenizer,
+    set_threads,
+)
 from kdlm.schemas import TRAIN_LOG, write_table
 from kdlm.study import source
 from kdlm.training.checkpoints import claim_checkpoint_dir, last_checkpoint, run_identity
@@ -177,6 +185,28 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path) -> TrainingArgu
     )
 
 
+def fit_to_context(cfg: TrainConfig, student_path: str, teacher_path: str | None, online: bool) -> TrainConfig:
+    """`cfg` with `max_length` capped to the smaller context of the student and the live teacher (a
+    longer sequence would index past their position embeddings), noted in the log; read from the
+    models' configs, before any weight loads.
+
+    Raises:
+        ValueError: for `online` rows, an on-policy `max_new_tokens` that leaves no room for a prompt
+            within `max_length`.
+    """
+    contexts = {path: context_from_config(load_config(path)) for path in (student_path, teacher_path) if path}
+    known = {path: n for path, n in contexts.items() if n is not None}
+    if known and cfg.max_length > min(known.values()):
+        path, context = min(known.items(), key=lambda item: item[1])
+        log.warning("training max_length=%d is longer than the context of %s (%d tokens): capped to %d",
+                    cfg.max_length, path, context, context)  # fmt: skip
+        cfg = cfg.capped(context)
+    if online and cfg.max_length - cfg.onpolicy.max_new_tokens - 1 < 1:
+        raise ValueError(f"training onpolicy.max_new_tokens={cfg.onpolicy.max_new_tokens} leaves no room for a "
+                         f"prompt within training max_length={cfg.max_length}; allowed: <= {cfg.max_length - 2}")  # fmt: skip
+    return cfg
+
+
 def train(
     *,
     student_path: str,
@@ -205,6 +235,7 @@ def train(
     Returns:
         The run record written to run.json.
     """
+    check_output_dir(out_dir)
     validate_hparams(method.loss, method.hparams)
     rows = load_rows(data_path, template)
     needs_teacher = source(rows.source).needs_live_teacher(method.loss)
@@ -213,6 +244,7 @@ def train(
             f"loss {method.loss!r} on source {rows.source!r} needs a teacher; only 'sft' on sources other "
             "than mix_token trains without one"
         )
+    cfg = fit_to_context(cfg, student_path, teacher_path if needs_teacher else None, online=rows.n_online > 0)
     set_threads(cfg.threads)
     start = time.perf_counter()
     tokenizer = load_tokenizer(student_path)
@@ -233,22 +265,27 @@ def train(
     checkpoint_dir = Path(checkpoint_dir or out_dir.with_name(out_dir.name + ".checkpoints"))
     identity = run_identity(student, teacher_path if needs_teacher else None, data_path, method, cfg, template)
     resume = last_checkpoint(checkpoint_dir)
+    created = not checkpoint_dir.exists()
     claim_checkpoint_dir(checkpoint_dir, identity, resume)
     if resume is not None:
         log.info("resuming from %s", resume)
-    args = training_arguments(cfg, checkpoint_dir)
-    trainer = DistillTrainer(
-        model=student,
-        args=args,
-        train_dataset=dataset,
-        data_collator=partial(collate_indexed, pad_token_id=tokenizer.pad_token_id),
-        teacher=teacher,
-        method=method,
-        vocab_size=vocab_size,
-        batcher=batcher,
-        sample_hook=sample_hook,
-    )
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    try:
+        trainer = DistillTrainer(
+            model=student,
+            args=training_arguments(cfg, checkpoint_dir),
+            train_dataset=dataset,
+            data_collator=partial(collate_indexed, pad_token_id=tokenizer.pad_token_id),
+            teacher=teacher,
+            method=method,
+            vocab_size=vocab_size,
+            batcher=batcher,
+            sample_hook=sample_hook,
+        )
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    except BaseException:
+        if created and last_checkpoint(checkpoint_dir) is None:  # nothing to resume from: leave nothing behind
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        raise
     run = {
         "student": student_path,
         "teacher": teacher_path if teacher is not None else None,

@@ -16,7 +16,12 @@ from kdlm.study import NO_TEACHER, RUN_ID_REGEX, SOURCES, Study
 prefer_this_kdlm()  # rules call the `kdlm` installed beside the Python that runs Snakemake
 
 
-validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+try:  # a config problem is a message naming the key, not a traceback (exit status 2, as kdlm's verbs)
+    for note in validate_config(config, workflow.source_path("../schemas/config.schema.yaml")):
+        print(f"kdlm: note: {note}", file=sys.stderr)
+except ValueError as err:
+    print(f"kdlm: {err}", file=sys.stderr)
+    sys.exit(2)
 CONDA_ENV = "../envs/kdlm.yaml"
 STUDY = Study(config)
 TEMPLATE = STUDY.template
