@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from kdlm import bench
+from kdlm.config_checks import check_config_files
 from kdlm.data.mixing import MixConfig, mix
 from kdlm.data.records import PrepareConfig, prepare
 from kdlm.data.templates import DEFAULT_TEMPLATE, check_template
@@ -32,7 +33,7 @@ from kdlm.models import set_threads
 from kdlm.report import ReportConfig, write_report
 from kdlm.results import show_results
 from kdlm.sections import build, merged
-from kdlm.study import SOURCES
+from kdlm.study import SOURCES, Study
 from kdlm.training.config import MethodConfig, TrainConfig
 from kdlm.training.trainer import train
 
@@ -260,6 +261,15 @@ def _results(args: argparse.Namespace) -> int:
     return show_results(args.table, args.filter, args.metric, args.task, args.sort, pivot=args.pivot)
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    config, notes = check_config_files(args.configfile, args.checkout)
+    for note in notes:
+        print(f"note: {note}")
+    study = Study(config)
+    print(f"valid: {len(study.runs())} runs of {len(study.pairs())} pair(s), {len(study.tasks())} task(s)")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     return bench.run(args)
 
@@ -389,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sort", default=None, help="column to sort by (descending)")
     p.add_argument("--pivot", action="store_true", help="one table per metric: models × tasks and their average")
     p.set_defaults(func=_results)
+
+    p = sub.add_parser("check-config", help="check study config files as `snakemake --configfile` would use them")
+    p.add_argument("configfile", type=Path, nargs="*", help="files layered over config/config.yaml, in order")
+    p.add_argument("--checkout", type=Path, default=Path(__file__).resolve().parents[1],
+                   help="the kdlm checkout whose config/config.yaml and workflow schema apply (default: this one)")
+    p.set_defaults(func=_check_config)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
     bench.add_arguments(p)

@@ -141,3 +141,37 @@ def check_yaml_file(path: str | Path) -> None:
         raise ValueError(f"{path}: not valid YAML: {where}{err.problem or err.context}") from None
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
+
+
+def _layer(base: dict, top: dict) -> dict:
+    """Snakemake's merge of a `--configfile` over the config: mappings key by key, anything else replaced."""
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _layer(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def check_config_files(layers: list[Path], checkout: Path) -> tuple[dict, list[str]]:
+    """The study config `snakemake --configfile <layers>` would use, checked as the workflow checks it:
+    each file's YAML syntax (by line), then :func:`validate_config`. Returns (config, notes).
+
+    Raises:
+        ValueError: for the first file that is not valid YAML, or listing every problem of the config.
+        FileNotFoundError: for a missing file, or a `checkout` without the workflow's config and schema.
+    """
+    default, schema = checkout / "config" / "config.yaml", checkout / "workflow" / "schemas" / "config.schema.yaml"
+    for path in (default, schema):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file; --checkout must be a kdlm checkout (its config/ and workflow/)")
+    config: dict = {}
+    for path in [default, *layers]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such config file")
+        check_yaml_file(path)
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config file must be a mapping of keys at its top level")
+        _layer(config, loaded)
+    return config, validate_config(config, schema)

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 from kdlm.sections import build
 
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
-
-
-def _reject_unknown(cls, values: dict, what: str) -> None:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {what} option(s) {unknown}; allowed: {sorted(known)}")
 
 
 @dataclass
@@ -33,10 +26,6 @@ class OnPolicyConfig:
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
-    @classmethod
-    def from_dict(cls, values: dict) -> OnPolicyConfig:
-        _reject_unknown(cls, values, "onpolicy")
-        return cls(**values)
 
 
 @dataclass
@@ -92,11 +81,6 @@ class TrainConfig:
         onpolicy = replace(self.onpolicy, max_new_tokens=None) if self._derived_onpolicy_length else self.onpolicy
         return replace(self, max_length=min(self.max_length, max_length), onpolicy=onpolicy)
 
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        """Build from a config mapping; unknown keys raise instead of being ignored."""
-        _reject_unknown(cls, values, "training")
-        return cls(**values)
 
 
 @dataclass

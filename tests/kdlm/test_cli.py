@@ -61,7 +61,7 @@ def test_lab_corpus_then_results_table(tmp_path, lab, lab_records):
         capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "base/s" in result.stdout and "exact_match" in result.stdout and "rouge_l" not in result.stdout
+    assert "(base)" in result.stdout and "exact_match" in result.stdout and "rouge_l" not in result.stdout
     result = subprocess.run(
         [*KDLM, "results", "--table", str(tables / "summary.parquet"), "--filter", "colour=red"], capture_output=True, text=True, timeout=120
     )

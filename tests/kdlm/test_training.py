@@ -15,6 +15,7 @@ from kdlm.lab.models import LabModelConfig, build_model
 from kdlm.lab.tokenizer import train_tokenizer
 from kdlm.losses import LOSSES
 from kdlm.schemas import GENERATED, MIXED, read_table
+from kdlm.sections import build
 from kdlm.training.config import MethodConfig, TrainConfig
 from kdlm.training.trainer import train
 
@@ -89,7 +90,7 @@ def test_teacher_with_another_vocabulary_is_refused_before_training(lab, teacher
 
 
 def test_unknown_training_option_and_method_are_named():
-    with pytest.raises(ValueError, match=r"unknown training option\(s\) \['lr_rate'\]"):
-        TrainConfig.from_dict({"lr_rate": 1.0})
+    with pytest.raises(ValueError, match=r"training: unknown option\(s\) \['lr_rate'\]"):
+        build(TrainConfig, {"lr_rate": 1.0}, "training")
     with pytest.raises(ValueError, match="has no 'loss' key"):
         MethodConfig.from_dict({"lam": 0.2})

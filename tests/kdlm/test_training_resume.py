@@ -13,6 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 from kdlm.data.mixing import MixConfig, mix
+from kdlm.sections import build
 from kdlm.training.config import MethodConfig, TrainConfig
 from kdlm.training.trainer import train
 
@@ -56,7 +57,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(lab, data, tmp_path):
     with pytest.raises(ValueError, match=r"belong to another run; differing: training\.lr \(checkpoint 0\.003, now 0\.001\)"):
         train(student_path=str(lab["student"]), teacher_path=str(lab["teacher"]), data_path=data,
               out_dir=tmp_path / "other", method=MethodConfig(loss="forward"),
-              cfg=TrainConfig.from_dict({**TRAINING, "lr": 1e-3}), checkpoint_dir=tmp_path / "ckpt")  # fmt: skip
+              cfg=build(TrainConfig, {**TRAINING, "lr": 1e-3}, "training"), checkpoint_dir=tmp_path / "ckpt")  # fmt: skip
 
     _run(command)
     run = json.loads((tmp_path / "resumed" / "run.json").read_text())

@@ -125,7 +125,7 @@ def test_atkd_run_logs_grad_norm_lr_throughput_and_its_statistics(pair, sources,
 
 
 def test_on_policy_settings_are_checked(pair, sources, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown onpolicy option\(s\) \['beam'\]"):
+    with pytest.raises(ValueError, match=r"onpolicy: unknown option\(s\) \['beam'\]"):
         TrainConfig(onpolicy={"beam": 2})
     with pytest.raises(ValueError, match=r"max_new_tokens=64 leaves no room .* max_length=64"):
         _run(pair, sources / "student.parquet", tmp_path, onpolicy={"max_new_tokens": 64})
