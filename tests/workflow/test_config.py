@@ -43,6 +43,12 @@ def test_every_shipped_config_is_valid(path):
     assert Study(config).runs()
 
 
+def test_the_schema_holds_no_numeric_range():
+    """Ranges live only in the section dataclasses, which CLI values and config values both go through."""
+    text = (REPO / "workflow" / "schemas" / "config.schema.yaml").read_text()
+    assert not [word for word in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if f"{word}:" in text]
+
+
 def test_every_config_key_is_documented():
     readme = (REPO / "config" / "README.md").read_text()
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -77,6 +83,11 @@ def _dry_run(tmp_path, overrides: str) -> subprocess.CompletedProcess:
         ("datasets:\n  lab: {format: xml}\n", "datasets.lab: unknown data format 'xml'"),
         ("training:\n  lr: fast\n", "training.lr: 'fast' is not of type 'number'"),
         ("training:\n  colour: red\n", "training: Additional properties are not allowed ('colour' was unexpected)"),
+        # the same words as `kdlm distill --training '{"weight_decay": -1}'`: one range, in the dataclass
+        ("training:\n  weight_decay: -1\n", "training: weight_decay must be >= 0, got -1"),
+        ("lab:\n  models:\n    llama-student: {family: llama, hidden_size: 8, num_layers: 1, num_heads: 0, intermediate_size: 8}\n",
+         "lab.models.llama-student: num_heads must be >= 1, got 0"),
+        ("study:\n  seeds: [0, -1]\n", "study.seeds: -1 is not a seed; seeds are integers >= 0"),
         ("methods:\n  at: {loss: atkd, lamda: 0.3}\n", "methods.at: loss 'atkd': unknown hyperparameter 'lamda'"),
         ("evaluation:\n  tasks:\n    t: {dataset: nowhere, split: test}\n", "evaluation.tasks.t.dataset: unknown dataset 'nowhere'"),
     ],
