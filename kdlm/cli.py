@@ -428,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )
+    if not args.verbose:  # its retry warnings would precede the one line that names an unreachable hub id
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
         _check_outputs(args)
         return args.func(args)

@@ -143,11 +143,11 @@ def check_yaml_file(path: str | Path) -> None:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
 
 
-def _layer(base: dict, top: dict) -> dict:
+def layer_config(base: dict, top: dict) -> dict:
     """Snakemake's merge of a `--configfile` over the config: mappings key by key, anything else replaced."""
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _layer(base[key], value)
+            layer_config(base[key], value)
         else:
             base[key] = value
     return base
@@ -173,5 +173,5 @@ def check_config_files(layers: list[Path], checkout: Path) -> tuple[dict, list[s
         loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must be a mapping of keys at its top level")
-        _layer(config, loaded)
+        layer_config(config, loaded)
     return config, validate_config(config, schema)

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from kdlm.config_checks import check_config
+from kdlm.config_checks import check_config, layer_config
 from kdlm.study import Study
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,17 +19,9 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "S
 
 
 def _merged(*paths: Path) -> dict:
-    def merge(base, top):
-        for key, value in top.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = value
-        return base
-
     config: dict = {}
     for path in paths:
-        merge(config, yaml.safe_load(path.read_text()) or {})
+        layer_config(config, yaml.safe_load(path.read_text()) or {})
     return config
 
 
