@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import fields, is_dataclass
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,6 +74,10 @@ def build(cls: type[T], values: dict[str, Any] | None, key: str) -> T:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"{key}: unknown option(s) {unknown}; allowed: {sorted(known)}")
+    required = [f.name for f in fields(cls) if f.init and f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ValueError(f"{key}: missing required option(s) {missing}")
     try:
         check_types(cls, values)
         return cls(**values)

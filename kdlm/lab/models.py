@@ -61,6 +61,8 @@ def build_config(cfg: LabModelConfig, tokenizer):
 def build_model(cfg: LabModelConfig, tokenizer_dir: Path, out_dir: Path) -> int:
     """Randomly initialise a model (seeded) and save it with its tokenizer; returns the parameter count."""
 
+    if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer here (no tokenizer.json); build it with `kdlm lab tokenizer`")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(build_config(cfg, tokenizer))

@@ -89,6 +89,14 @@ CASES = {
         lambda s, d: [KDLM, "evaluate", "--model", str(s["a_dir"]), "--records", str(s["records"]), "--out", "e.parquet"],
         ["a_dir: not a model directory (it has no config.json)"],
     ),
+    "lab model from a missing tokenizer": (
+        lambda s, d: [KDLM, "lab", "model", "--tokenizer", str(d / "tokenizr"), "--out", "model"],
+        ["tokenizr: no tokenizer here (no tokenizer.json)"],
+    ),
+    "judge without a server": (
+        lambda s, d: [KDLM, "judge", "--eval", str(s["records"]), "--out", "j.parquet"],
+        ["judge: missing required option(s) ['base_url', 'model']"],
+    ),
     # 5. --training values: wrong types and ranges, all before any model loads
     "training epochs as a word": (lambda s, d: _distill(s, str(s["records"]), '{"epochs": "three"}'),
                                   ["training: epochs must be a number, got 'three'"]),
