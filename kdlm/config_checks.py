@@ -126,15 +126,15 @@ def validate_config(config: dict, schema_path: str | Path) -> list[str]:
     return notes
 
 
-def check_yaml_file(path: str | Path) -> None:
-    """Raise one error naming the file, line and column of a YAML syntax error (Snakemake's own loader
-    says only that the file is not valid), before Snakemake reads the file.
+def check_yaml_file(path: str | Path) -> object:
+    """The file's YAML content; a syntax error is one error naming the file, line and column (Snakemake's
+    own loader says only that the file is not valid), raised before Snakemake reads the file.
 
     Raises:
         ValueError: for a file that is not valid YAML.
     """
     try:
-        yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -169,8 +169,7 @@ def check_config_files(layers: list[Path], checkout: Path) -> tuple[dict, list[s
     for path in [default, *layers]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such config file")
-        check_yaml_file(path)
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        loaded = check_yaml_file(path) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must be a mapping of keys at its top level")
         layer_config(config, loaded)

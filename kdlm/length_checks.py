@@ -16,7 +16,7 @@ from kdlm.lab.spec import LabModelConfig
 from kdlm.model_refs import generation_room, read_context
 from kdlm.sections import build
 from kdlm.study import SOURCES, Study
-from kdlm.training.config import TrainConfig
+from kdlm.training.config import TrainConfig, onpolicy_room
 
 LAB_MODELS_DIR = "results/lab/models/"
 
@@ -64,10 +64,9 @@ def check_lengths(config: dict) -> tuple[list[str], list[str]]:
         capped = training.capped(min(known)) if known else training
         if any(SOURCES[s].generates_during_training for s in study.sources()):
             new = capped.onpolicy.max_new_tokens
-            if capped.max_length - new - 1 < 1:
-                problems.append(f"training.onpolicy.max_new_tokens={new} leaves no room for a prompt within training "
-                                f"max_length={capped.max_length} (student {student!r}), in its on-policy distill jobs; "
-                                f"allowed: <= {capped.max_length - 2}")  # fmt: skip
+            problem = onpolicy_room(new, capped.max_length)
+            if problem:
+                problems.append(f"training.{problem} (student {student!r}, in its on-policy distill jobs)")
             room("training.onpolicy.max_new_tokens", new, "on-policy distill", "student", {student: students[student]})
     teacher_training = build(TrainConfig, config.get("teacher_training"), "teacher_training")
     for teacher, context in teachers.items():

@@ -9,6 +9,15 @@ from kdlm.sections import build
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
 
+def onpolicy_room(max_new_tokens: int, max_length: int) -> str | None:
+    """Why on-policy responses of `max_new_tokens` (and their EOS) leave no prompt room within training
+    `max_length`, or None; planning, the trainer and the batcher all ask this one rule."""
+    if max_length - max_new_tokens - 1 < 1:
+        return (f"onpolicy max_new_tokens={max_new_tokens} leaves no room for a prompt within training "
+                f"max_length={max_length}; allowed: max_new_tokens <= {max_length - 2}")  # fmt: skip
+    return None
+
+
 @dataclass
 class OnPolicyConfig:
     """How the trainer decodes the on-policy rows (sources student, mix_token, mix_request_*)."""

@@ -26,7 +26,7 @@ import torch
 from kdlm.data.tokenize import encode_example
 from kdlm.generation import GenerateConfig, HFBackend, prompt_limit, record_seed
 from kdlm.study import ONLINE_TOKENS, SOURCES
-from kdlm.training.config import OnPolicyConfig
+from kdlm.training.config import OnPolicyConfig, onpolicy_room
 from kdlm.training.data import ExampleDataset, TrainingRows, collate_indexed
 
 SampleHook = Callable[[list[dict]], None]  # receives one dict per row of every trained-on batch
@@ -128,12 +128,10 @@ class OnPolicyBatcher:
         Raises:
             ValueError: if `cfg.max_new_tokens` leaves no room for a prompt within `max_length`.
         """
+        problem = onpolicy_room(cfg.max_new_tokens, max_length)
+        if problem:
+            raise ValueError(problem)
         budget = max_length - cfg.max_new_tokens - 1  # the response and its EOS must fit
-        if budget < 1:
-            raise ValueError(
-                f"onpolicy max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt within training "
-                f"max_length={max_length}; allowed: max_new_tokens <= {max_length - 2}"
-            )
         if context_config is not None:
             limit = prompt_limit(context_config, GenerateConfig(max_new_tokens=cfg.max_new_tokens))
             budget = min(budget, limit) if limit is not None else budget

@@ -43,7 +43,7 @@ from kdlm.models import (
 from kdlm.schemas import TRAIN_LOG, write_table
 from kdlm.study import source
 from kdlm.training.checkpoints import claim_checkpoint_dir, last_checkpoint, run_identity
-from kdlm.training.config import MethodConfig, TrainConfig
+from kdlm.training.config import MethodConfig, TrainConfig, onpolicy_room
 from kdlm.training.data import ExampleDataset, collate_indexed, load_rows
 from kdlm.training.onpolicy import OnPolicyBatcher, SampleHook
 
@@ -201,9 +201,9 @@ def fit_to_context(cfg: TrainConfig, student_path: str, teacher_path: str | None
         log.warning("training max_length=%d is longer than the context of %s (%d tokens): capped to %d",
                     cfg.max_length, path, context, context)  # fmt: skip
         cfg = cfg.capped(context)
-    if online and cfg.max_length - cfg.onpolicy.max_new_tokens - 1 < 1:
-        raise ValueError(f"training onpolicy.max_new_tokens={cfg.onpolicy.max_new_tokens} leaves no room for a "
-                         f"prompt within training max_length={cfg.max_length}; allowed: <= {cfg.max_length - 2}")  # fmt: skip
+    problem = onpolicy_room(cfg.onpolicy.max_new_tokens, cfg.max_length) if online else None
+    if problem:
+        raise ValueError(problem)
     return cfg
 
 
