@@ -23,18 +23,20 @@ from kdlm.evaluation.judge import JudgeConfig, judge_evaluation
 from kdlm.evaluation.lmeval import HarnessConfig, evaluate_harness, primary_scores
 from kdlm.generation import generate_for_records, parse_shard
 from kdlm.io import atomic_path, check_output_dir, check_output_file
+from kdlm.job_plan import plan_study
 from kdlm.lab.corpus import FAMILIES as CORPUS_FAMILIES
 from kdlm.lab.corpus import CorpusConfig, build_corpus, training_texts, write_corpus
 from kdlm.lab.models import FAMILIES as MODEL_FAMILIES
 from kdlm.lab.models import LabModelConfig, build_model
 from kdlm.lab.spec import TokenizerSettings
 from kdlm.lab.tokenizer import train_tokenizer
+from kdlm.memory_plan import format_plan
 from kdlm.models import set_threads
 from kdlm.report import ReportConfig, write_report
 from kdlm.results import show_results
 from kdlm.sections import build, merged
 from kdlm.study import SOURCES, Study
-from kdlm.training.config import MethodConfig, TrainConfig
+from kdlm.training.config import DistributedConfig, MethodConfig, TrainConfig
 from kdlm.training.trainer import train
 
 
@@ -177,6 +179,8 @@ def _mix(args: argparse.Namespace) -> int:
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--training", type=_json_dict, default={}, help="JSON object of TrainConfig fields")
+    parser.add_argument("--distributed", type=_json_dict, default={},
+                        help="JSON object of DistributedConfig fields (strategy ddp/fsdp, cpu_offload, teacher)")  # fmt: skip
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template (for records input)")
     parser.add_argument("--out", type=Path, required=True, help="output model directory")
     parser.add_argument(
@@ -196,6 +200,7 @@ def _train(args: argparse.Namespace, teacher: str | None, method: dict) -> int:
         out_dir=args.out,
         method=MethodConfig.from_dict(method),
         cfg=build(TrainConfig, args.training, "training"),
+        distributed=build(DistributedConfig, args.distributed, "distributed"),
         template=args.template,
         checkpoint_dir=args.checkpoint_dir,
         extra_info=args.info,
@@ -268,6 +273,17 @@ def _check_config(args: argparse.Namespace) -> int:
     study = Study(config)
     print(f"valid: {len(study.runs())} runs of {len(study.pairs())} pair(s), {len(study.tasks())} task(s)")
     return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    config, _ = check_config_files(args.configfile, args.checkout)
+    if args.gpu_memory_gb is not None:
+        config.setdefault("distributed", {})["gpu_memory_gb"] = args.gpu_memory_gb
+    plan = plan_study(config)
+    print(format_plan(plan.rows))
+    for problem in plan.problems:
+        print(f"fits nowhere: {problem}")
+    return 2 if plan.problems else 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -405,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkout", type=Path, default=Path(__file__).resolve().parents[1],
                    help="the kdlm checkout whose config/config.yaml and workflow schema apply (default: this one)")
     p.set_defaults(func=_check_config)
+
+    p = sub.add_parser("plan", help="GPU memory of every training job of a study, and the GPUs each gets")
+    p.add_argument("--configfile", type=Path, nargs="*", default=[], help="files layered over config/config.yaml")
+    p.add_argument("--gpu-memory-gb", type=float, default=None, help="GPU memory (default: distributed.gpu_memory_gb)")
+    p.add_argument("--checkout", type=Path, default=Path(__file__).resolve().parents[1],
+                   help="the kdlm checkout whose config/config.yaml and workflow schema apply (default: this one)")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
     bench.add_arguments(p)

@@ -20,7 +20,7 @@ from kdlm.length_checks import check_lengths
 from kdlm.methods import validate_hparams
 from kdlm.sections import build
 from kdlm.study import NO_TEACHER, SOURCES, MixSettings, Threads
-from kdlm.training.config import TrainConfig
+from kdlm.training.config import DistributedConfig, TrainConfig
 
 
 def _sections(config: dict) -> list[tuple[str, type, dict]]:
@@ -33,6 +33,7 @@ def _sections(config: dict) -> list[tuple[str, type, dict]]:
         ("mix", MixSettings, config.get("mix")),
         ("teacher_training", TrainConfig, config.get("teacher_training")),
         ("training", TrainConfig, config.get("training")),
+        ("distributed", DistributedConfig, config.get("distributed")),
         ("teacher_generation", GenerateConfig, config.get("teacher_generation")),
         ("evaluation.generation", GenerateConfig, evaluation.get("generation")),
         ("lab.corpus", CorpusConfig, lab.get("corpus")),

@@ -125,6 +125,7 @@ class HFBackend:
                 eos_token_id=eos,
                 use_cache=True,
                 top_k=None,
+                synced_gpus=False,  # each process decodes its own prompts alone (a sharded model is gathered first)
                 **sampling,
             )
         new = output[:, width:]  # (B, T) -> (B, T_new)

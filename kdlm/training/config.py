@@ -7,6 +7,10 @@ from dataclasses import dataclass, field, replace
 from kdlm.sections import build
 
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+LOSS_NORMALIZATIONS = ("tokens", "micro_batch")
+REPORTERS = ("none", "tensorboard", "wandb", "mlflow")
+STRATEGIES = ("auto", "ddp", "fsdp")
+TEACHER_PLACEMENTS = ("auto", "replicate", "shard")
 
 
 def onpolicy_room(max_new_tokens: int, max_length: int) -> str | None:
@@ -56,6 +60,12 @@ class TrainConfig:
     logging_steps: int = 10
     save_steps: int = 500  # optimizer steps between resumable checkpoints (in the checkpoint directory)
     threads: int | None = None  # torch CPU threads; None leaves torch's default
+    # "tokens": each optimizer step's loss is the mean over all its counted tokens, across micro-batches and
+    # processes; "micro_batch": the reference code's mean per micro-batch, averaged over accumulation steps
+    loss_normalization: str = "tokens"
+    gradient_checkpointing: bool = False  # recompute each decoder layer's activations in the backward pass
+    teacher_float32: bool = False  # keep the teacher in float32 instead of the training precision
+    report_to: str = "none"  # experiment tracking: none, tensorboard (offline), wandb or mlflow (comma-separated)
     onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
 
     def __post_init__(self) -> None:
@@ -80,9 +90,20 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ValueError("epochs > 0 or max_steps > 0 is needed")
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"unknown loss_normalization {self.loss_normalization!r}; allowed: {list(LOSS_NORMALIZATIONS)}")
+        unknown = [name for name in self.reporters if name not in REPORTERS]
+        if unknown:
+            raise ValueError(f"unknown report_to {unknown}; allowed: {list(REPORTERS)}")
         self._derived_onpolicy_length = self.onpolicy.max_new_tokens is None
         if self._derived_onpolicy_length:
             self.onpolicy = replace(self.onpolicy, max_new_tokens=max(self.max_length // 2, 1))
+
+    @property
+    def reporters(self) -> list[str]:
+        """The trackers of `report_to` ([] for none)."""
+        names = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        return [] if names == ["none"] else names
 
     def capped(self, max_length: int) -> TrainConfig:
         """These settings with `max_length` lowered to a model's context (an on-policy length that was
@@ -90,6 +111,36 @@ class TrainConfig:
         onpolicy = replace(self.onpolicy, max_new_tokens=None) if self._derived_onpolicy_length else self.onpolicy
         return replace(self, max_length=min(self.max_length, max_length), onpolicy=onpolicy)
 
+
+
+@dataclass
+class DistributedConfig:
+    """How a training job spreads over its GPUs (the `distributed` section; docs/design.md, "Scale").
+
+    `strategy` "auto" takes the memory plan's choice (`kdlm plan`) on a cluster and DDP elsewhere;
+    "fsdp" fully shards the student's parameters, gradients and optimizer state (FSDP2, one unit per
+    decoder layer). `teacher` "auto" replicates the frozen teacher unless the plan shards it.
+    `gpu_memory_gb` and `max_gpus` describe the cluster's GPUs for the plan.
+    """
+
+    plan: bool = False  # give each training job the GPUs and strategy of the memory plan (a GPU cluster)
+    strategy: str = "auto"
+    cpu_offload: bool = False  # fsdp: keep sharded parameters and optimizer state in CPU memory
+    teacher: str = "auto"
+    gpu_memory_gb: float = 80.0
+    max_gpus: int = 8  # the most GPUs the plan gives one job (one node)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; allowed: {list(STRATEGIES)}")
+        if self.teacher not in TEACHER_PLACEMENTS:
+            raise ValueError(f"unknown teacher placement {self.teacher!r}; allowed: {list(TEACHER_PLACEMENTS)}")
+        if self.gpu_memory_gb <= 0:
+            raise ValueError(f"gpu_memory_gb must be > 0, got {self.gpu_memory_gb}")
+        if self.max_gpus < 1:
+            raise ValueError(f"max_gpus must be >= 1, got {self.max_gpus}")
+        if self.cpu_offload and self.strategy == "ddp":
+            raise ValueError("cpu_offload needs strategy fsdp (or auto)")
 
 
 @dataclass

@@ -1,14 +1,22 @@
-"""DistillTrainer: the HF Trainer with a distillation loss, so DDP/FSDP/DeepSpeed come from accelerate.
+"""DistillTrainer: the HF Trainer with a distillation loss, trained with DDP or FSDP2 under `torchrun`.
 
-The teacher is frozen, kept in eval mode, never wrapped for DDP and only run under `no_grad`. The loss
-is any entry of `kdlm.losses.LOSSES`; `sft` (plain cross-entropy) runs without a teacher unless the
-source is `mix_token`, whose tokens the teacher helps generate. On-policy rows are regenerated each
-step by `kdlm.training.onpolicy`; checkpoints and resume are `kdlm.training.checkpoints`. Under
-`torchrun` every process trains its share of each batch and process 0 writes the student.
+The teacher is frozen, in the training precision (float32 on CPU or with `teacher_float32`), kept in
+eval mode, never wrapped for DDP and only run under `no_grad`. The loss is any entry of
+`kdlm.losses.LOSSES`; `sft` (plain cross-entropy) runs without a teacher unless the source is
+`mix_token`, whose tokens the teacher helps generate. On-policy rows are regenerated at the start of
+each optimizer step by `kdlm.training.onpolicy`; checkpoints and resume are `kdlm.training.checkpoints`.
+
+With `loss_normalization: tokens` (the default) each optimizer step's loss is the mean over all counted
+tokens of the step, across micro-batches and processes: every micro-batch's mean is weighted by its
+share of the step's counted tokens (the Trainer's `num_items_in_batch`, counted after on-policy rows
+are rebuilt), so the gradient does not depend on how a batch is split. Under `strategy: fsdp` the
+student is sharded by `kdlm.training.sharding` (and the teacher too when asked); every process then
+joins in saving, and a checkpoint holds the full model plus the optimizer's shards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,8 +50,9 @@ from kdlm.models import (
 )
 from kdlm.schemas import TRAIN_LOG, write_table
 from kdlm.study import source
+from kdlm.training import sharding
 from kdlm.training.checkpoints import claim_checkpoint_dir, last_checkpoint, run_identity
-from kdlm.training.config import MethodConfig, TrainConfig, onpolicy_room
+from kdlm.training.config import DistributedConfig, MethodConfig, TrainConfig, onpolicy_room
 from kdlm.training.data import ExampleDataset, collate_indexed, load_rows
 from kdlm.training.onpolicy import OnPolicyBatcher, SampleHook
 
@@ -59,37 +68,61 @@ class DistillTrainer(Trainer):
     """
 
     def __init__(self, *args, teacher=None, method: MethodConfig, vocab_size: int,
-                 batcher: OnPolicyBatcher | None = None, sample_hook: SampleHook | None = None, **kwargs) -> None:  # fmt: skip
+                 batcher: OnPolicyBatcher | None = None, sample_hook: SampleHook | None = None,
+                 loss_normalization: str = "tokens", sharded: bool = False, **kwargs) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
         self.teacher = teacher
         if teacher is not None:
-            teacher.to(self.args.device).eval().requires_grad_(False)
+            if not sharding.is_sharded(teacher):
+                teacher.to(self.args.device)
+            teacher.eval().requires_grad_(False)
         self.loss_fn = LOSSES[method.loss]
         self.hparams = method.hparams
         self.vocab_size = vocab_size
         self.batcher = batcher if batcher is not None and batcher.active else None
         self.sample_hook = sample_hook
-        # our losses are means over counted tokens: let the Trainer divide by accumulation steps
-        self.loss_is_scaled_for_ga = False
+        self.token_exact = loss_normalization == "tokens"
+        # token-exact losses are already a share of the step's mean; per-micro-batch means are divided by the
+        # number of accumulation steps by the Trainer, as in the reference code
+        self.loss_is_scaled_for_ga = self.token_exact
+        if sharded:
+            # the student arrives sharded (FSDP2): the Trainer must not wrap it for DDP, and every process
+            # joins in saving it (see _save)
+            self.is_distributed_loading_by_transformers = True
+        self.sharded = sharded
         self._pending_stats: dict[str, list[float]] = {}
         self._tokens_since_log = 0
         self._last_log_time = time.perf_counter()
 
-    def _on_policy(self, model, inputs: dict) -> dict:
-        """The batch with its online rows regenerated (training only); reports it to `sample_hook`."""
-        if self.batcher is None:
-            return inputs
-        student = self.accelerator.unwrap_model(model)
-        rebuilt, samples = self.batcher(student, self.teacher, inputs["index"], self.state.global_step)
+    def _on_policy(self, inputs: dict) -> dict:
+        """The micro-batch with its online rows regenerated; reports it to `sample_hook`."""
+        rebuilt, samples = self.batcher(self.model, self.teacher, inputs["index"], self.state.global_step)
         if self.sample_hook is not None:
             self.sample_hook(samples)
         if rebuilt is None:
             return inputs
         return {k: v.to(self.args.device) for k, v in rebuilt.items()}
 
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """One optimizer step's micro-batches, their online rows rebuilt by the current student, and the
+        step's counted tokens over all processes (`num_items_in_batch`, what token-exact losses divide by)."""
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if self.batcher is not None and batches:
+            with sharding.gathered(self.model), sharding.gathered(self.teacher) if self.teacher is not None \
+                    else contextlib.nullcontext():  # fmt: skip
+                batches = [self._on_policy(batch) for batch in batches]
+        counted = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in batches)
+        total = torch.tensor(counted, dtype=torch.long, device=device)
+        if self.args.world_size > 1:
+            total = self.accelerator.reduce(total, reduction="sum")
+        return batches, total
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training:
-            inputs = self._on_policy(model, inputs)
         labels = inputs["labels"][:, 1:]  # (B, T) -> (B, T-1): position t predicts token t+1
         # no KV cache: a training forward never reuses one, and building it costs time and memory
         model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
@@ -101,11 +134,53 @@ class DistillTrainer(Trainer):
                 teacher_logits = self.teacher(**model_inputs).logits[:, :-1, : self.vocab_size]  # (B, T-1, V)
         stats: dict[str, float] = {}
         loss = self.loss_fn(student_logits, teacher_logits, labels, stats=stats, **self.hparams)
+        if self.token_exact and model.training and num_items_in_batch is not None:
+            # this micro-batch's share of the step's token mean; DDP and FSDP average gradients over processes
+            step_tokens = float(num_items_in_batch)
+            counted = float((labels != IGNORE_INDEX).sum())
+            loss = loss * (counted * self.accelerator.num_processes / step_tokens) if step_tokens else loss * 0.0
         if model.training:
             self._tokens_since_log += int((labels != IGNORE_INDEX).sum())
             for key, value in stats.items():
                 self._pending_stats.setdefault(key, []).append(float(value))
         return (loss, outputs) if return_outputs else loss
+
+    @contextlib.contextmanager
+    def _defer_fsdp_gradient_reduction(self):
+        """Micro-batches before the last of a step keep their gradients unsharded and unreduced (FSDP2's
+        `no_sync`); the Trainer's own version reads a load-time sharding config our student does not have."""
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.sharded:
+            return super()._save(output_dir, state_dict)
+        state_dict = sharding.full_state_dict(self.model)  # every process joins the gather
+        if self.args.should_save:
+            super()._save(output_dir, state_dict=state_dict)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.sharded:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        sharding.save_optimizer(self.model, self.optimizer, Path(output_dir))
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / "scheduler.pt")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not self.sharded:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from safetensors.torch import load_file
+
+        sharding.load_full_state_dict(self.model, load_file(Path(resume_from_checkpoint) / "model.safetensors"))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if not self.sharded or checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        sharding.load_optimizer(self.model, self.optimizer, Path(checkpoint))
+        self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / "scheduler.pt", weights_only=True))
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs:
@@ -150,14 +225,25 @@ def _versions() -> dict[str, str]:
     }
 
 
-def training_arguments(cfg: TrainConfig, output_dir: str | Path) -> TrainingArguments:
+class _SelfPlacedArguments(TrainingArguments):
+    """Arguments for a student sharded before the Trainer sees it: the Trainer must not move it (a CPU-offloaded
+    shard stays on the CPU)."""
+
+    @property
+    def place_model_on_device(self) -> bool:
+        return False
+
+
+def training_arguments(cfg: TrainConfig, output_dir: str | Path, sharded: bool = False) -> TrainingArguments:
     """The Trainer arguments `train()` trains with for `cfg`, checkpoints going to `output_dir`.
 
     The one place they are built: `train()` calls it, and so does `kdlm bench train`
     (`kdlm/bench/train.py`), which changes only the fields it names in its `BENCH_OVERRIDES`.
+    TensorBoard (when in `report_to`) writes under `output_dir/runs`, kept in the trained model's directory.
     """
     cpu = not torch.cuda.is_available()
-    return TrainingArguments(
+    arguments = _SelfPlacedArguments if sharded else TrainingArguments
+    return arguments(
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -176,7 +262,9 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path) -> TrainingArgu
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
-        report_to="none",
+        report_to=cfg.reporters or "none",
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=cpu,
@@ -207,6 +295,23 @@ def fit_to_context(cfg: TrainConfig, student_path: str, teacher_path: str | None
     return cfg
 
 
+def teacher_dtype(cfg: TrainConfig) -> str:
+    """The teacher's weights dtype: the training precision on a GPU (bf16, else fp16 where bf16 is missing),
+    float32 on a CPU, in float32 training or with `teacher_float32`."""
+    if cfg.teacher_float32 or not cfg.bf16 or not torch.cuda.is_available():
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def _strategy(dist_cfg: DistributedConfig, world_size: int) -> tuple[bool, bool]:
+    """(shard the student, shard the teacher) for this job; FSDP needs more than one process."""
+    if dist_cfg.strategy != "fsdp" or world_size < 2:
+        if dist_cfg.strategy == "fsdp":
+            log.warning("strategy fsdp on a single process: nothing to shard over, training unsharded")
+        return False, False
+    return True, dist_cfg.teacher == "shard"
+
+
 def train(
     *,
     student_path: str,
@@ -219,13 +324,16 @@ def train(
     checkpoint_dir: Path | None = None,
     extra_info: dict | None = None,
     sample_hook: SampleHook | None = None,
+    distributed: DistributedConfig | None = None,
+    callbacks: list | None = None,
 ) -> dict:
     """Train one student and write it (model, tokenizer, train_log.parquet, run.json) atomically.
 
     Checkpoints go to `checkpoint_dir` (default: `<out_dir>.checkpoints`) every `cfg.save_steps`
     optimizer steps; a rerun with the same arguments resumes from the newest complete one, and the
-    directory is removed once the student is written. Under `torchrun` every process trains (DDP)
-    and process 0 writes the output.
+    directory is removed once the student is written. Under `torchrun` every process trains (DDP, or
+    FSDP2 with `distributed.strategy: fsdp`) and process 0 writes the output. `callbacks` are extra
+    `transformers.TrainerCallback`s.
 
     Raises:
         ValueError: for a loss that needs a teacher without one, teacher/student vocabularies that
@@ -237,6 +345,7 @@ def train(
     """
     check_output_dir(out_dir)
     validate_hparams(method.loss, method.hparams)
+    distributed = distributed or DistributedConfig()
     rows = load_rows(data_path, template)
     needs_teacher = source(rows.source).needs_live_teacher(method.loss)
     if needs_teacher and teacher_path is None:
@@ -247,13 +356,22 @@ def train(
     cfg = fit_to_context(cfg, student_path, teacher_path if needs_teacher else None, online=rows.n_online > 0)
     set_threads(cfg.threads)
     start = time.perf_counter()
+    checkpoint_dir = Path(checkpoint_dir or out_dir.with_name(out_dir.name + ".checkpoints"))
+    shard_student, shard_teacher = _strategy(distributed, int(os.environ.get("WORLD_SIZE", "1")))
+    args = training_arguments(cfg, checkpoint_dir, sharded=shard_student)
+    device = args.device  # sets up the process group under torchrun, which sharding needs
     tokenizer = load_tokenizer(student_path)
     student = load_model(student_path)
     teacher = None
     vocab_size = len(tokenizer)
     if needs_teacher:
-        teacher = load_model(teacher_path)
+        teacher = load_model(teacher_path, dtype=teacher_dtype(cfg))
         vocab_size = check_vocab_compatible(student, teacher, tokenizer, load_tokenizer(teacher_path))
+    if shard_student:
+        sharding.shard(student.to(device), bf16=cfg.bf16, cpu_offload=distributed.cpu_offload)
+    if shard_teacher:
+        sharding.shard(teacher.to(device).requires_grad_(False), bf16=False, cpu_offload=distributed.cpu_offload,
+                       trainable=False)  # fmt: skip
     dataset = ExampleDataset(rows.prompts, rows.responses, tokenizer, cfg.max_length)
     batcher = None
     if rows.n_online:
@@ -262,7 +380,6 @@ def train(
     log.info("training on %d examples of source %s (%d online, %d offline label tokens)", len(dataset),
              rows.source, rows.n_online, dataset.n_label_tokens)  # fmt: skip
 
-    checkpoint_dir = Path(checkpoint_dir or out_dir.with_name(out_dir.name + ".checkpoints"))
     identity = run_identity(student, teacher_path if needs_teacher else None, data_path, method, cfg, template)
     resume = last_checkpoint(checkpoint_dir)
     created = not checkpoint_dir.exists()
@@ -272,7 +389,7 @@ def train(
     try:
         trainer = DistillTrainer(
             model=student,
-            args=training_arguments(cfg, checkpoint_dir),
+            args=args,
             train_dataset=dataset,
             data_collator=partial(collate_indexed, pad_token_id=tokenizer.pad_token_id),
             teacher=teacher,
@@ -280,12 +397,16 @@ def train(
             vocab_size=vocab_size,
             batcher=batcher,
             sample_hook=sample_hook,
+            loss_normalization=cfg.loss_normalization,
+            sharded=shard_student,
+            callbacks=callbacks,
         )
         result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     except BaseException:
         if created and last_checkpoint(checkpoint_dir) is None:  # nothing to resume from: leave nothing behind
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
         raise
+    held = sharding.held_bytes_by_rank(student, trainer.optimizer)
     run = {
         "student": student_path,
         "teacher": teacher_path if teacher is not None else None,
@@ -302,17 +423,27 @@ def train(
         "resumed_from": str(resume) if resume is not None else None,
         "world_size": trainer.args.world_size,
         "distributed": str(trainer.accelerator.distributed_type.value),
+        "strategy": "fsdp" if shard_student else "ddp" if trainer.args.world_size > 1 else "single",
+        "teacher_sharded": shard_teacher,
+        "teacher_dtype": str(next(teacher.parameters()).dtype).removeprefix("torch.") if teacher is not None else None,
+        "held_bytes": held,
         "train_seconds": time.perf_counter() - start,
         "versions": _versions(),
         "git_commit": _git_commit(),
         **(extra_info or {}),
     }
+    state = sharding.full_state_dict(student) if shard_student else None  # every process joins the gather
     if trainer.is_world_process_zero():
         with atomic_dir(out_dir) as tmp:
-            trainer.save_model(str(tmp))
+            if state is not None:
+                student.save_pretrained(tmp, state_dict=state)
+            else:
+                trainer.save_model(str(tmp))
             tokenizer.save_pretrained(tmp)
             table = pd.DataFrame(log_rows(trainer.state.log_history))
             write_table(table, tmp / "train_log.parquet", TRAIN_LOG, extra_columns=True)
             (tmp / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True))
+            if (checkpoint_dir / "runs").is_dir():  # TensorBoard's event files (report_to: tensorboard)
+                shutil.copytree(checkpoint_dir / "runs", tmp / "tensorboard")
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return run

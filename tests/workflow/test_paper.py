@@ -82,7 +82,6 @@ def paper_plan(tmp_path_factory) -> str:
     assert result.returncode == 0, result.stderr[-5000:] + result.stdout[-3000:]
     # placeholders are planned, not required: startup names each missing file once
     assert "kdlm: note: train_split: data file data/alpaca_gpt4_data.json does not exist yet" in result.stderr
-    assert "teachers.llama-13b.path: /path/to/llama-13b is not a directory here" in result.stderr
     assert not (workdir / "results").exists()
     return result.stdout
 
@@ -103,7 +102,7 @@ def test_paper_plans_every_paper_run_and_nothing_else(paper_plan):
 
 
 def test_paper_pairs_stay_within_a_family(paper_plan):
-    families = {"opt": "facebook/opt-", "pythia": "EleutherAI/pythia-", "llama": "/path/to/llama-"}
+    families = {"opt": "facebook/opt-", "pythia": "EleutherAI/pythia-", "llama": "huggyllama/llama-"}
     config = _config(PAPER)
     models = {**config["students"], **config["teachers"]}
 
@@ -121,17 +120,46 @@ def test_paper_pairs_stay_within_a_family(paper_plan):
 
 
 def test_paper_plan_prints_gpu_resources_of_each_job(paper_plan):
+    from kdlm.job_plan import plan_study
+
+    plan = plan_study(_config(PAPER))
     jobs = _jobs(paper_plan)
+    launches = {}
     for rule, fields in jobs:
         resources = fields["resources"]
         if rule in ("distill", "teacher_sft"):
-            assert "gpu=1" in resources and "mem_mb=64000" in resources and "runtime=720" in resources, rule
+            # the memory plan's GPUs (kdlm.job_plan), one process per GPU
+            w = _wildcards(fields)
+            if rule == "teacher_sft":
+                placement = plan.placement(rule, w["teacher"], "none")
+            else:
+                live = w["teacher"] != "none" and not (w["method"] == "sft" and w["source"] == "teacher")
+                placement = plan.placement(rule, w["student"], w["teacher"] if live else "none")
+            assert f"gpu={placement.gpus}," in resources + ",", (rule, w, resources)
+            assert "mem_mb=64000" in resources and "runtime=720" in resources, rule
             assert "cpus_per_gpu=8" in resources
+            launches[(rule, w.get("student"), w.get("teacher"))] = placement
         elif rule in ("evaluate", "generate_shard", "harness"):
             assert "gpu=1" in resources, rule
         else:  # localrules: run on the submit host, no GPU
             assert "gpu=1" not in resources, rule
     assert "Job stats:" in paper_plan and re.search(r"^total\s+\d+$", paper_plan, re.MULTILINE)
+    # the paper's LLaMA pair does not fit one 80 GB GPU: several, sharded; the OPT pairs fit one
+    assert launches[("distill", "llama-7b", "llama-13b")].strategy == "fsdp"
+    assert launches[("distill", "llama-7b", "llama-13b")].gpus > 1
+    assert launches[("distill", "opt-1.3b", "opt-6.7b")].gpus == 1
+    assert "torchrun --standalone --nproc-per-node=4 --no-python kdlm distill --student huggyllama/llama-7b" in paper_plan
+
+
+def test_a_job_that_fits_on_no_gpu_stops_the_workflow_before_any_job(tmp_path):
+    (tmp_path / "small.yaml").write_text("distributed: {plan: true, gpu_memory_gb: 24, max_gpus: 2}\n")
+    result = _dry_run(tmp_path, "--workflow-profile", str(REPO / "profiles" / "slurm"),
+                      "--configfile", str(PAPER), str(tmp_path / "small.yaml"))  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "kdlm: invalid configuration: training jobs that fit on no GPU of the plan:" in result.stderr
+    assert "distill llama-7b ← llama-13b: needs " in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Job stats" not in result.stdout + result.stderr and not (tmp_path / "results").exists()
 
 
 def test_paper_evaluates_each_teacher_and_student_once_per_task(paper_plan):

@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 from kdlm.config_checks import validate_config
+from kdlm.job_plan import plan_study
+from kdlm.sections import build
+from kdlm.training.config import DistributedConfig
 from kdlm.runtime import prefer_this_kdlm, visible_gpus
 from kdlm.study import NO_TEACHER, RUN_ID_REGEX, SOURCES, Study
 
@@ -33,6 +36,54 @@ TRAIN_SPLIT = STUDY.train_split
 # `--resources gpu=N` (the default profile sets 1) caps how many run at once; 0 on a CPU-only machine.
 # Cluster profiles set it per rule (`set-resources`).
 GPU_PER_JOB = 1 if visible_gpus() else 0
+
+# With `distributed.plan` (a GPU cluster, config/paper.yaml), each training job's GPUs, strategy and
+# teacher placement come from the memory plan (kdlm.job_plan); a job that fits nowhere stops here,
+# before anything is submitted. Without it, training jobs take GPU_PER_JOB and the section as written.
+DISTRIBUTED = build(DistributedConfig, config.get("distributed"), "distributed")
+PLAN = None
+if DISTRIBUTED.plan:
+    try:
+        PLAN = plan_study(config)
+    except ValueError as err:
+        print(f"kdlm: invalid configuration: distributed.plan: {err}", file=sys.stderr)
+        sys.exit(2)
+    if PLAN.problems:
+        print("kdlm: invalid configuration: training jobs that fit on no GPU of the plan:", file=sys.stderr)
+        for problem in PLAN.problems:
+            print(f"  {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _placement(rule, student, teacher):
+    return PLAN.placement(rule, student, teacher) if PLAN is not None else None
+
+
+def training_gpus(rule, student, teacher):
+    """The `gpu` resource of a training job: the plan's GPU count, else GPU_PER_JOB."""
+    placement = _placement(rule, student, teacher)
+    return placement.gpus if placement is not None else GPU_PER_JOB
+
+
+def distributed_arg(rule, student, teacher):
+    """A training job's `--distributed` JSON: the plan's strategy and teacher placement, else the section."""
+    placement = _placement(rule, student, teacher)
+    section = placement.distributed(DISTRIBUTED) if placement is not None else DISTRIBUTED.__dict__
+    return json_arg(section)
+
+
+def torchrun_launcher(gpus):
+    """`kdlm`, or one process per GPU under torchrun when a job has several."""
+    if int(gpus) > 1:
+        return f"torchrun --standalone --nproc-per-node={gpus} --no-python kdlm"
+    return "kdlm"
+
+
+def distill_job_teacher(wildcards):
+    """The teacher a distill job loads (`none` when it loads none), as the plan keys it."""
+    if SOURCES[wildcards.source].needs_live_teacher(STUDY.loss(wildcards.method)):
+        return wildcards.teacher
+    return NO_TEACHER
 
 
 def _alternatives(names):

@@ -18,7 +18,8 @@ rule distill:
         CONDA_ENV
     threads: STUDY.threads.train
     resources:
-        gpu=GPU_PER_JOB,  # > 1 launches one DDP process per GPU (e.g. --set-resources distill:gpu=4)
+        # the plan's GPUs (distributed.plan), else GPU_PER_JOB; > 1 launches one process per GPU (DDP or FSDP)
+        gpu=lambda wildcards: training_gpus("distill", wildcards.student, distill_job_teacher(wildcards)),
     params:
         student=lambda wildcards: shlex.quote(config["students"][wildcards.student]["path"]),
         teacher=distill_teacher_arg,
@@ -28,14 +29,14 @@ rule distill:
         ),
         info=lambda wildcards: json_arg({"method_name": wildcards.method, "source": wildcards.source}),
         template=shlex.quote(TEMPLATE),
-        launcher=lambda wildcards, resources: (
-            f"torchrun --standalone --nproc-per-node={resources.gpu} --no-python kdlm"
-            if int(resources.gpu) > 1
-            else "kdlm"
+        distributed=lambda wildcards: distributed_arg(
+            "distill", wildcards.student, distill_job_teacher(wildcards)
         ),
+        launcher=lambda wildcards, resources: torchrun_launcher(resources.gpu),
     shell:
         "{params.launcher} distill --student {params.student} {params.teacher} --data {input.data}"
         " --method {params.method} --training {params.training} --info {params.info}"
+        " --distributed {params.distributed}"
         " --template {params.template}"
         " --out results/runs/{wildcards.student}__{wildcards.teacher}/{wildcards.source}/{wildcards.method}/seed{wildcards.seed}"
         " --checkpoint-dir results/checkpoints/{wildcards.student}__{wildcards.teacher}/{wildcards.source}/{wildcards.method}/seed{wildcards.seed}"

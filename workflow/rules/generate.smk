@@ -16,13 +16,16 @@ rule teacher_sft:
         CONDA_ENV
     threads: STUDY.threads.train
     resources:
-        gpu=GPU_PER_JOB,
+        gpu=lambda wildcards: training_gpus("teacher_sft", wildcards.teacher, NO_TEACHER),
     params:
         base=lambda wildcards: shlex.quote(config["teachers"][wildcards.teacher]["path"]),
         training=json_arg({**config.get("teacher_training", {}), "threads": STUDY.threads.train}),
+        distributed=lambda wildcards: distributed_arg("teacher_sft", wildcards.teacher, NO_TEACHER),
         template=shlex.quote(TEMPLATE),
+        launcher=lambda wildcards, resources: torchrun_launcher(resources.gpu),
     shell:
-        "kdlm sft --student {params.base} --data {input.data} --training {params.training}"
+        "{params.launcher} sft --student {params.base} --data {input.data} --training {params.training}"
+        " --distributed {params.distributed}"
         " --template {params.template} --out results/models/teachers/{wildcards.teacher}"
         " --checkpoint-dir results/checkpoints/teachers/{wildcards.teacher} > {log} 2>&1"
 
