@@ -23,7 +23,7 @@ from kdlm.evaluation.judge import JudgeConfig, judge_evaluation
 from kdlm.evaluation.lmeval import HarnessConfig, evaluate_harness, primary_scores
 from kdlm.generation import generate_for_records, parse_shard
 from kdlm.io import atomic_path, check_output_dir, check_output_file
-from kdlm.job_plan import plan_study
+from kdlm.job_plan import GPU_MEMORY_GB, MAX_GPUS, plan_study, profile_gpus
 from kdlm.lab.corpus import FAMILIES as CORPUS_FAMILIES
 from kdlm.lab.corpus import CorpusConfig, build_corpus, training_texts, write_corpus
 from kdlm.lab.models import FAMILIES as MODEL_FAMILIES
@@ -277,9 +277,9 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     config, _ = check_config_files(args.configfile, args.checkout)
-    if args.gpu_memory_gb is not None:
-        config.setdefault("distributed", {})["gpu_memory_gb"] = args.gpu_memory_gb
-    plan = plan_study(config)
+    declared = profile_gpus(args.workflow_profile) if args.workflow_profile else {}
+    plan = plan_study(config, args.gpu_memory_gb or declared.get("gpu_memory_gb", GPU_MEMORY_GB),
+                      args.max_gpus or declared.get("max_gpus", MAX_GPUS))  # fmt: skip
     print(format_plan(plan.rows))
     for problem in plan.problems:
         print(f"fits nowhere: {problem}")
@@ -424,7 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="GPU memory of every training job of a study, and the GPUs each gets")
     p.add_argument("--configfile", type=Path, nargs="*", default=[], help="files layered over config/config.yaml")
-    p.add_argument("--gpu-memory-gb", type=float, default=None, help="GPU memory (default: distributed.gpu_memory_gb)")
+    p.add_argument("--workflow-profile", type=Path, default=None,
+                   help="read the GPUs from this profile's set-resources (e.g. profiles/slurm)")  # fmt: skip
+    p.add_argument("--gpu-memory-gb", type=float, default=None,
+                   help=f"memory of one GPU (default: the profile's, else {GPU_MEMORY_GB:g})")  # fmt: skip
+    p.add_argument("--max-gpus", type=int, default=None, help=f"most GPUs per job (default: the profile's, else {MAX_GPUS})")
     p.add_argument("--checkout", type=Path, default=Path(__file__).resolve().parents[1],
                    help="the kdlm checkout whose config/config.yaml and workflow schema apply (default: this one)")
     p.set_defaults(func=_plan)

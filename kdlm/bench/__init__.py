@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3, the study's)")
     p.add_argument("--template", default="paper", help="prompt template (default paper)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--bf16", action="store_true", help="train in bf16 with the teacher in bf16 (a GPU), as the paper")
+    p.add_argument("--lengthen", type=int, default=1,
+                   help="repeat each lab input this many times and each answer a quarter as many (long sequences; default 1)")  # fmt: skip
     p.add_argument("--no-trl", action="store_true", help="measure kdlm only (TRL is the optional bench extra)")
     p.add_argument("--out", type=Path, default=DEFAULT_TRAIN_OUT, help=f"parquet file to write (default {DEFAULT_TRAIN_OUT})")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")

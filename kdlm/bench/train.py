@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import sys
@@ -82,7 +83,7 @@ from kdlm.losses import LOSSES
 from kdlm.models import check_vocab_compatible, load_model, load_tokenizer, set_threads
 from kdlm.training.config import MethodConfig, TrainConfig
 from kdlm.training.data import ExampleDataset, collate_indexed
-from kdlm.training.trainer import DistillTrainer, training_arguments
+from kdlm.training.trainer import DistillTrainer, teacher_dtype, training_arguments
 
 TRL_HINT = "trl is not installed; install the bench extra: pip install -e .[bench] (or pass --no-trl)"
 TRL_SIDE = "trl_gkd"
@@ -112,16 +113,21 @@ def _lab_pair(root: Path) -> tuple[Path, Path]:
     return lab["teacher"], lab["student"]
 
 
-def _pairs(n: int, template: str) -> tuple[list[str], list[str]]:
-    """``n`` lab train prompts (through ``template``) and their ground-truth responses."""
+def _pairs(n: int, template: str, lengthen: int = 1) -> tuple[list[str], list[str]]:
+    """``n`` lab train prompts (through ``template``) and their ground-truth responses; with ``lengthen`` > 1
+    each prompt's input is repeated that many times and each response a quarter as many (long sequences at
+    real shapes, prompts cut from the left, about half the tokens counted)."""
     records = build_corpus(CorpusConfig(n_train=max(n, N_CORPUS), n_validation=1, n_test=1))["train"][:n]
-    return [format_prompt(r["instruction"], r["input"], template) for r in records], [r["output"] for r in records]
+    prompts = [format_prompt(r["instruction"], " ".join([r["input"] or r["instruction"]] * lengthen), template)
+               if lengthen > 1 else format_prompt(r["instruction"], r["input"], template) for r in records]  # fmt: skip
+    return prompts, [" ".join([r["output"]] * max(1, lengthen // 4)) for r in records]
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The training settings both sides run with: the study's, at the benchmark's steps and shapes."""
     return TrainConfig(max_steps=args.warmup_steps + args.steps, lr=args.lr, scheduler="cosine", warmup_ratio=0.03,
-                       batch_size=args.batch_size, grad_accum=1, max_length=args.max_length, seed=0)  # fmt: skip
+                       batch_size=args.batch_size, grad_accum=1, max_length=args.max_length, seed=0,
+                       bf16=getattr(args, "bf16", False))  # fmt: skip
 
 
 def kdlm_arguments(cfg: TrainConfig, output_dir: str | Path) -> TrainingArguments:
@@ -176,7 +182,10 @@ class Meter(TrainerCallback):
 
     def figures(self) -> dict[str, float]:
         seconds = self.t1 - self.t0
+        cuda = torch.cuda.is_available()
         return {
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else math.nan,
+            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9 if cuda else math.nan,
             "seconds": seconds,
             "counted_tokens": self.counted,
             "tokens": self.tokens,
@@ -210,14 +219,16 @@ def _quiet(trainer):
 
 def _run_kdlm(loss: str, paths: dict[str, Path], data: tuple[list[str], list[str]], args: argparse.Namespace,
               tmp: Path) -> dict:  # fmt: skip
+    _fresh_memory()
     tokenizer = load_tokenizer(paths["student"])
-    student, teacher = load_model(paths["student"]), load_model(paths["teacher"])
+    cfg = train_config(args)
+    student, teacher = load_model(paths["student"]), load_model(paths["teacher"], dtype=teacher_dtype(cfg))
     vocab_size = check_vocab_compatible(student, teacher, tokenizer, load_tokenizer(paths["teacher"]))
     dataset = ExampleDataset(*data, tokenizer, args.max_length)
     meter = Meter(args.warmup_steps, args.warmup_steps + args.steps)
     trainer = _quiet(_metered(DistillTrainer, meter)(
         model=student,
-        args=kdlm_arguments(train_config(args), tmp / f"kdlm-{loss}"),
+        args=kdlm_arguments(cfg, tmp / f"kdlm-{loss}"),
         train_dataset=dataset,
         data_collator=partial(collate_indexed, pad_token_id=tokenizer.pad_token_id),
         teacher=teacher,
@@ -232,10 +243,13 @@ def _run_kdlm(loss: str, paths: dict[str, Path], data: tuple[list[str], list[str
 def _run_trl(paths: dict[str, Path], data: tuple[list[str], list[str]], args: argparse.Namespace, tmp: Path) -> dict:
     from trl.experimental.gkd import GKDTrainer
 
+    _fresh_memory()
     tokenizer = load_tokenizer(paths["student"])
     examples = [encode_example(tokenizer, p, r, args.max_length) for p, r in zip(*data, strict=True)]
-    student, teacher = load_model(paths["student"]), load_model(paths["teacher"])
-    config = trl_config(kdlm_arguments(train_config(args), tmp / "trl"), args.max_length)
+    cfg = train_config(args)
+    # the same teacher precision as kdlm's side
+    student, teacher = load_model(paths["student"]), load_model(paths["teacher"], dtype=teacher_dtype(cfg))
+    config = trl_config(kdlm_arguments(cfg, tmp / "trl"), args.max_length)
     meter = Meter(args.warmup_steps, args.warmup_steps + args.steps)
     trainer = _quiet(_metered(GKDTrainer, meter)(
         model=student,
@@ -248,6 +262,26 @@ def _run_trl(paths: dict[str, Path], data: tuple[list[str], list[str]], args: ar
     ))  # fmt: skip
     trainer.train()
     return meter.figures()
+
+
+def _fresh_memory() -> None:
+    """Free the previous side's models and restart the peak-memory count (GPU only)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def planned_gb(paths: dict[str, Path], args: argparse.Namespace) -> float | None:
+    """The memory plan's estimate for this job on one GPU under DDP (what the benchmark runs), in GB."""
+    from kdlm.memory_plan import TrainingJob, estimate
+
+    job = TrainingJob(name="bench", student=str(paths["student"]), teacher=str(paths["teacher"]),
+                      batch_size=args.batch_size, max_length=args.max_length, bf16=getattr(args, "bf16", False))  # fmt: skip
+    try:
+        return estimate(job, "ddp", 1, checkpointing=False, teacher_sharded=False).gb
+    except ValueError:
+        return None
 
 
 def _trl_version() -> str | None:
@@ -306,7 +340,8 @@ def run(args: argparse.Namespace) -> int:
                 teacher, student = args.teacher, args.student
                 model_desc = f"teacher {teacher}, student {student}"
             paths = {"teacher": teacher, "student": student}
-            data = _pairs((args.warmup_steps + args.steps) * args.batch_size, args.template)
+            data = _pairs((args.warmup_steps + args.steps) * args.batch_size, args.template, getattr(args, "lengthen", 1))
+            plan_gb = planned_gb(paths, args)
             for _ in range(args.repeats):
                 for side in sides:
                     if side == TRL_SIDE:
@@ -330,6 +365,7 @@ def run(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
         "threads": threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "bf16": getattr(args, "bf16", False),
     }
     for side in [*(f"kdlm_{name}" for name in losses), *([TRL_SIDE] if TRL_SIDE in kept else [])]:
         fig = kept[side]
@@ -349,6 +385,9 @@ def run(args: argparse.Namespace) -> int:
     atkd = kept.get("kdlm_atkd")
     figures = {
         "models": model_desc,
+        "planned_gb": plan_gb,
+        # the allocator's reserved peak (what the job holds on its GPU) against the plan, which counts it
+        "measured_vs_planned": kept["kdlm_forward"]["peak_reserved_gb"] / plan_gb if plan_gb else None,
         "trl": trl_version,
         **settings,
         "kdlm_forward_tokens_per_s": forward_tps,

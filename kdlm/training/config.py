@@ -117,28 +117,21 @@ class TrainConfig:
 class DistributedConfig:
     """How a training job spreads over its GPUs (the `distributed` section; docs/design.md, "Scale").
 
-    `strategy` "auto" takes the memory plan's choice (`kdlm plan`) on a cluster and DDP elsewhere;
-    "fsdp" fully shards the student's parameters, gradients and optimizer state (FSDP2, one unit per
-    decoder layer). `teacher` "auto" replicates the frozen teacher unless the plan shards it.
-    `gpu_memory_gb` and `max_gpus` describe the cluster's GPUs for the plan.
+    `strategy` "auto" takes the memory plan's choice (`kdlm plan`) where the profile declares the
+    cluster's GPUs, and DDP elsewhere; "fsdp" fully shards the student's parameters, gradients and
+    optimizer state (FSDP2, one unit per decoder layer). `teacher` "auto" replicates the frozen
+    teacher unless the plan shards it.
     """
 
-    plan: bool = False  # give each training job the GPUs and strategy of the memory plan (a GPU cluster)
     strategy: str = "auto"
     cpu_offload: bool = False  # fsdp: keep sharded parameters and optimizer state in CPU memory
     teacher: str = "auto"
-    gpu_memory_gb: float = 80.0
-    max_gpus: int = 8  # the most GPUs the plan gives one job (one node)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; allowed: {list(STRATEGIES)}")
         if self.teacher not in TEACHER_PLACEMENTS:
             raise ValueError(f"unknown teacher placement {self.teacher!r}; allowed: {list(TEACHER_PLACEMENTS)}")
-        if self.gpu_memory_gb <= 0:
-            raise ValueError(f"gpu_memory_gb must be > 0, got {self.gpu_memory_gb}")
-        if self.max_gpus < 1:
-            raise ValueError(f"max_gpus must be >= 1, got {self.max_gpus}")
         if self.cpu_offload and self.strategy == "ddp":
             raise ValueError("cpu_offload needs strategy fsdp (or auto)")
 

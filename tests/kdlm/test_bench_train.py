@@ -131,3 +131,15 @@ def test_trl_config_shares_every_training_argument(lab, tmp_path):
 def test_bad_arguments(argv, match):
     with pytest.raises(ValueError, match=match):
         bench.run(_parse("train", "--no-trl", *argv))
+
+
+def test_long_sequences_and_the_memory_plan_of_the_pair(lab, tmp_path, capsys, monkeypatch):
+    """--lengthen fills max_length (prompt cut from the left, about half counted); the JSON holds the memory
+    plan's estimate for the pair (GPU peak memory is only measured on a GPU)."""
+    monkeypatch.setitem(sys.modules, "trl", None)
+    assert bench.run(_tiny(lab, tmp_path, "--lengthen", "40", "--losses", "forward")) == 0
+    figures = json.loads(capsys.readouterr().out)
+    row = figures["rows"][0]
+    assert row["tokens"] > 0.9 * 2 * 4 * 48, "every sequence fills max_length"
+    assert 0.2 < row["counted_tokens"] / row["tokens"] < 0.8
+    assert _positive(figures["planned_gb"]) and figures["bf16"] is False

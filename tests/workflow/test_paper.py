@@ -152,11 +152,12 @@ def test_paper_plan_prints_gpu_resources_of_each_job(paper_plan):
 
 
 def test_a_job_that_fits_on_no_gpu_stops_the_workflow_before_any_job(tmp_path):
-    (tmp_path / "small.yaml").write_text("distributed: {plan: true, gpu_memory_gb: 24, max_gpus: 2}\n")
+    small = [f"{rule}:{key}={value}" for rule in ("teacher_sft", "distill")
+             for key, value in (("gpu_memory_gb", 24), ("max_gpus", 2))]  # fmt: skip
     result = _dry_run(tmp_path, "--workflow-profile", str(REPO / "profiles" / "slurm"),
-                      "--configfile", str(PAPER), str(tmp_path / "small.yaml"))  # fmt: skip
+                      "--configfile", str(PAPER), "--set-resources", *small)  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "kdlm: invalid configuration: training jobs that fit on no GPU of the plan:" in result.stderr
+    assert "kdlm: invalid configuration: training jobs that fit on no 24 GB GPU:" in result.stderr
     assert "distill llama-7b ← llama-13b: needs " in result.stderr
     assert "Traceback" not in result.stderr
     assert "Job stats" not in result.stdout + result.stderr and not (tmp_path / "results").exists()
@@ -295,3 +296,65 @@ def test_cheap_rules_are_localrules(tmp_path):
         "judge", "report", "teacher_data", "runs", "evals",
     }  # fmt: skip
     assert rules - local == {"teacher_sft", "generate_shard", "distill", "evaluate", "harness"}
+
+
+def test_kdlm_plan_prints_every_pair_of_the_paper():
+    done = subprocess.run([str(Path(sys.executable).parent / "kdlm"), "plan", "--configfile", str(PAPER)],
+                          capture_output=True, text=True, timeout=300, env=ENV)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in done.stdout.splitlines() if line.startswith("| ")}  # fmt: skip
+    for pair in _config(PAPER)["study"]["pairs"]:
+        assert f"distill {pair['student']} ← {pair['teacher']}" in rows, pair
+    llama = rows["distill llama-7b ← llama-13b"]
+    assert llama[-1].startswith("fsdp×") and int(llama[-1].split("×")[1].split()[0]) > 1
+    assert float(llama[2]) > 80  # ddp on one GPU: more than a GPU holds
+    assert rows["distill opt-1.3b ← opt-6.7b"][-1] == "ddp×1"
+    for teacher in ("opt-6.7b", "pythia-6.9b", "llama-13b"):
+        assert f"teacher fine-tuning {teacher}" in rows
+    # on 24 GB GPUs, at most 2 per job, the LLaMA pair fits nowhere: rc 2, named with what would make it fit
+    small = subprocess.run([str(Path(sys.executable).parent / "kdlm"), "plan", "--configfile", str(PAPER),
+                            "--gpu-memory-gb", "24"], capture_output=True, text=True, timeout=300, env=ENV)  # fmt: skip
+    assert small.returncode == 2
+    assert "fits nowhere: distill llama-7b ← llama-13b: needs " in small.stdout
+
+
+def test_the_lab_is_planned_from_the_configs_its_models_will_have(tmp_path, monkeypatch):
+    """Lab models do not exist before the workflow builds them: the plan builds their configs from lab.models,
+    and counts the parameters the built model then has."""
+    from kdlm.job_plan import plan_study
+    from kdlm.lab.build import build_lab
+    from kdlm.lab.corpus import CorpusConfig
+    from kdlm.lab.spec import LabModelConfig
+    from kdlm.models import count_parameters, load_model
+
+    config = _config()
+    plan = plan_study(config)
+    assert not plan.problems
+    assert plan.placement("distill", "llama-student", "llama-teacher").gpus == 1
+    rows = {r["job"]: r for r in plan.rows}
+    specs = {name: LabModelConfig(**spec) for name, spec in config["lab"]["models"].items()}
+    built = build_lab(tmp_path, CorpusConfig(**config["lab"]["corpus"]), specs,
+                      config["lab"]["tokenizer"]["vocab_size"])  # fmt: skip
+    row = rows["distill llama-student ← llama-teacher"]
+    # before the tokenizer exists the plan takes lab.tokenizer.vocab_size, the BPE's ceiling: it errs high
+    for name, planned in (("llama-student", row["student_b"]), ("llama-teacher", row["teacher_b"])):
+        actual = count_parameters(load_model(str(built[name])))
+        assert actual <= round(planned * 1e9) <= 1.05 * actual, name
+    # once the lab's tokenizer is built (the workflow's results/lab/tokenizer), its exact size
+    (tmp_path / "results" / "lab").mkdir(parents=True)
+    (tmp_path / "results" / "lab" / "tokenizer").symlink_to(built["tokenizer"])
+    monkeypatch.chdir(tmp_path)
+    row = next(r for r in plan_study(config).rows if r["job"] == "distill llama-student ← llama-teacher")
+    assert round(row["student_b"] * 1e9) == count_parameters(load_model(str(built["llama-student"])))
+
+
+def test_the_profile_declares_the_gpus_the_plan_uses():
+    from kdlm.job_plan import declared_gpus, profile_gpus
+
+    assert profile_gpus(REPO / "profiles" / "slurm") == {"gpu_memory_gb": 80.0, "max_gpus": 8}
+    assert profile_gpus(REPO / "profiles" / "slurm-local") == {}  # no declaration: no plan, GPU_PER_JOB
+    with pytest.raises(ValueError, match="gpu_memory_gb differs between teacher_sft and distill"):
+        declared_gpus({"teacher_sft": {"gpu_memory_gb": 40}, "distill": {"gpu_memory_gb": 80}})
+    with pytest.raises(ValueError, match="max_gpus must be a positive number, got 'many'"):
+        declared_gpus({"distill": {"gpu_memory_gb": 80, "max_gpus": "many"}})

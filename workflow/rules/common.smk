@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 from kdlm.config_checks import validate_config
-from kdlm.job_plan import plan_study
-from kdlm.sections import build
-from kdlm.training.config import DistributedConfig
+from kdlm.job_plan import MAX_GPUS, declared_gpus, plan_study
 from kdlm.runtime import prefer_this_kdlm, visible_gpus
 from kdlm.study import NO_TEACHER, RUN_ID_REGEX, SOURCES, Study
 
@@ -37,19 +35,24 @@ TRAIN_SPLIT = STUDY.train_split
 # Cluster profiles set it per rule (`set-resources`).
 GPU_PER_JOB = 1 if visible_gpus() else 0
 
-# With `distributed.plan` (a GPU cluster, config/paper.yaml), each training job's GPUs, strategy and
-# teacher placement come from the memory plan (kdlm.job_plan); a job that fits nowhere stops here,
-# before anything is submitted. Without it, training jobs take GPU_PER_JOB and the section as written.
-DISTRIBUTED = build(DistributedConfig, config.get("distributed"), "distributed")
+# Where the profile declares the cluster's GPUs (`gpu_memory_gb`, optionally `max_gpus`, under
+# set-resources of teacher_sft and distill, as profiles/slurm does), each training job's GPUs, strategy
+# and teacher placement come from the memory plan (kdlm.job_plan); a job that fits nowhere stops here,
+# before anything is submitted. Elsewhere training jobs take GPU_PER_JOB and the section as written.
 PLAN = None
-if DISTRIBUTED.plan:
-    try:
-        PLAN = plan_study(config)
-    except ValueError as err:
-        print(f"kdlm: invalid configuration: distributed.plan: {err}", file=sys.stderr)
-        sys.exit(2)
+try:
+    DECLARED_GPUS = declared_gpus(workflow.resource_settings.overwrite_resources)
+    if "gpu_memory_gb" in DECLARED_GPUS:
+        PLAN = plan_study(config, DECLARED_GPUS["gpu_memory_gb"], DECLARED_GPUS.get("max_gpus", MAX_GPUS))
+except (ValueError, OSError) as err:
+    print(f"kdlm: invalid configuration: the memory plan: {err}", file=sys.stderr)
+    sys.exit(2)
+if PLAN is not None:
     if PLAN.problems:
-        print("kdlm: invalid configuration: training jobs that fit on no GPU of the plan:", file=sys.stderr)
+        print(
+            f"kdlm: invalid configuration: training jobs that fit on no {PLAN.gpu_memory_gb:g} GB GPU:",
+            file=sys.stderr,
+        )
         for problem in PLAN.problems:
             print(f"  {problem}", file=sys.stderr)
         sys.exit(2)
@@ -68,8 +71,8 @@ def training_gpus(rule, student, teacher):
 def distributed_arg(rule, student, teacher):
     """A training job's `--distributed` JSON: the plan's strategy and teacher placement, else the section."""
     placement = _placement(rule, student, teacher)
-    section = placement.distributed(DISTRIBUTED) if placement is not None else DISTRIBUTED.__dict__
-    return json_arg(section)
+    section = config.get("distributed") or {}
+    return json_arg(placement.distributed(section) if placement is not None else section)
 
 
 def torchrun_launcher(gpus):

@@ -18,7 +18,7 @@ rule distill:
         CONDA_ENV
     threads: STUDY.threads.train
     resources:
-        # the plan's GPUs (distributed.plan), else GPU_PER_JOB; > 1 launches one process per GPU (DDP or FSDP)
+        # the plan's GPUs where the profile declares them, else GPU_PER_JOB; > 1: one process per GPU
         gpu=lambda wildcards: training_gpus("distill", wildcards.student, distill_job_teacher(wildcards)),
     params:
         student=lambda wildcards: shlex.quote(config["students"][wildcards.student]["path"]),
