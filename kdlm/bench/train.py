@@ -51,6 +51,12 @@ the throughput), and ``same_batches`` says every side counted the same tokens.
 
 TRL is an optional extra (``pip install -e .[bench]``); without it, or with ``--no-trl``, only kdlm's
 rows are measured.
+
+At paper scale (``scripts/rehearse_gpu.sh``): ``--bf16`` trains in bf16 with both sides' teachers in
+the training precision (``teacher_dtype``), ``--lengthen K`` repeats each lab input K times and each
+answer K/4 times so sequences fill ``--max-length``, each row has the GPU's peak allocated and reserved
+memory, and ``planned_gb`` / ``measured_vs_planned`` set the reserved peak of kdlm forward against the
+memory plan's estimate for the pair (one GPU, DDP; ``kdlm.memory_plan``).
 """
 
 from __future__ import annotations

@@ -60,10 +60,11 @@ def _fsdp_units(model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def gathered(model: nn.Module) -> Iterator[nn.Module]:
+def gathered(model: nn.Module | None) -> Iterator[nn.Module | None]:
     """`model` with every unit's full parameters gathered and kept for the block, so that each process
-    can decode on its own (any number of forwards, no collective per step); all processes must enter."""
-    if not is_sharded(model):
+    can decode on its own (any number of forwards, no collective per step); all processes must enter.
+    An unsharded model (or None) is yielded as it is."""
+    if model is None or not is_sharded(model):
         yield model
         return
     units = _fsdp_units(model)

@@ -113,8 +113,7 @@ class DistillTrainer(Trainer):
             except StopIteration:
                 break
         if self.batcher is not None and batches:
-            with sharding.gathered(self.model), sharding.gathered(self.teacher) if self.teacher is not None \
-                    else contextlib.nullcontext():  # fmt: skip
+            with sharding.gathered(self.model), sharding.gathered(self.teacher):
                 batches = [self._on_policy(batch) for batch in batches]
         counted = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in batches)
         total = torch.tensor(counted, dtype=torch.long, device=device)

@@ -137,7 +137,7 @@ def test_long_sequences_and_the_memory_plan_of_the_pair(lab, tmp_path, capsys, m
     """--lengthen fills max_length (prompt cut from the left, about half counted); the JSON holds the memory
     plan's estimate for the pair (GPU peak memory is only measured on a GPU)."""
     monkeypatch.setitem(sys.modules, "trl", None)
-    assert bench.run(_tiny(lab, tmp_path, "--lengthen", "40", "--losses", "forward")) == 0
+    assert bench.run(_tiny(lab, tmp_path, "--lengthen", "12", "--losses", "forward")) == 0
     figures = json.loads(capsys.readouterr().out)
     row = figures["rows"][0]
     assert row["tokens"] > 0.9 * 2 * 4 * 48, "every sequence fills max_length"
