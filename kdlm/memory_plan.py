@@ -329,17 +329,18 @@ def choose(
             return Choice(job, e, f"{_describe(e)}: {e.gb:.1f} GB per GPU of {gpu_memory_gb:g}")
     best = min(candidates, key=lambda e: e.total)
     reason = f"{job.name}: needs {best.gb:.1f} GB per GPU at best ({_describe(best)}); it would fit with "
-    if job.gradient_checkpointing:
-        return Choice(job, None, f"{reason}GPUs of >= {math.ceil(best.gb / USABLE_FRACTION)} GB, or with a smaller batch_size/max_length")
-    with_ckpt = _candidates(job, gpu_counts, strategies, True, teacher)
-    fits = [e for e in with_ckpt if e.total <= limit]
-    if fits:
-        return Choice(job, None, f"{reason}gradient checkpointing ({_describe(fits[0])}: {fits[0].gb:.1f} GB)")
-    best_ckpt = min(with_ckpt, key=lambda e: e.total)
-    return Choice(
-        job, None, f"{reason}GPUs of >= {math.ceil(best.gb / USABLE_FRACTION)} GB (>= {math.ceil(best_ckpt.gb / USABLE_FRACTION)} GB with gradient "
-                   "checkpointing), or with a smaller batch_size/max_length"  # fmt: skip
-    )
+    if not job.gradient_checkpointing:
+        fits = [e for e in _candidates(job, gpu_counts, strategies, True, teacher) if e.total <= limit]
+        if fits:
+            return Choice(job, None, f"{reason}gradient checkpointing ({_describe(fits[0])}: {fits[0].gb:.1f} GB)")
+    ways = []
+    if "fsdp" in strategies:  # more GPUs than allowed per job
+        more = [g for g in (2, 4, 8, 16, 32, 64) if g > max(gpu_counts)]
+        wider = [e for e in _candidates(job, more, ("fsdp",), job.gradient_checkpointing, teacher) if e.total <= limit]
+        if wider:
+            ways.append(f"max_gpus >= {wider[0].gpus} ({_describe(wider[0])}: {wider[0].gb:.1f} GB)")
+    ways.append(f"GPUs of >= {math.ceil(best.gb / USABLE_FRACTION)} GB")
+    return Choice(job, None, f"{reason}{', or '.join(ways)}, or a smaller batch_size/max_length")
 
 
 def plan_rows(jobs: Iterable[TrainingJob], gpu_memory_gb: float, **options) -> list[dict]:

@@ -201,3 +201,10 @@ def test_plan_table(tmp_path):
         assert row.startswith(f"| {job.name}")
     assert f"{rows[1]['ddp1']:.1f}" in lines[3]
     json.dumps(rows)  # plain values, ready for a report
+
+
+def test_a_job_that_fits_on_more_gpus_than_allowed_says_how_many():
+    choice = choose(LLAMA_PAIR, 80, gpu_counts=(1, 2))
+    assert choice.estimate is None
+    allowed = choose(LLAMA_PAIR, 80)
+    assert f"max_gpus >= {allowed.estimate.gpus} (fsdp on {allowed.estimate.gpus} GPUs" in choice.reason
