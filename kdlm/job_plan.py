@@ -34,7 +34,10 @@ class Placement:
         """The job's `--distributed` value: the user's section as written, with the planned strategy and
         teacher placement."""
         teacher = "shard" if self.teacher_sharded else "replicate"
-        return {**(section or {}), "strategy": self.strategy, "teacher": teacher}
+        values = {**(section or {}), "strategy": self.strategy, "teacher": teacher}
+        if self.strategy != "fsdp":
+            values.pop("cpu_offload", None)  # offloading shards needs shards
+        return values
 
 
 @dataclass

@@ -292,6 +292,8 @@ def _candidates(
     out = []
     for gpus in sorted(set(gpu_counts)):
         for strategy in order:
+            if strategy == "fsdp" and gpus < 2:  # one process has nothing to shard over: it trains unsharded
+                continue
             placements = allowed if strategy == "fsdp" and job.teacher is not None else (False,)
             for sharded in placements:
                 out.append(estimate(job, strategy, gpus, checkpointing=checkpointing, teacher_sharded=sharded))
@@ -324,6 +326,8 @@ def choose(
         raise ValueError(f"gpu_counts must be >= 1, got {list(gpu_counts)}")
     limit = gpu_memory_gb * 1e9 * USABLE_FRACTION
     candidates = _candidates(job, gpu_counts, strategies, job.gradient_checkpointing, teacher)
+    if not candidates:
+        return Choice(job, None, f"{job.name}: fsdp needs at least 2 GPUs per job, and at most {max(gpu_counts)} are allowed")
     for e in candidates:
         if e.total <= limit:
             return Choice(job, e, f"{_describe(e)}: {e.gb:.1f} GB per GPU of {gpu_memory_gb:g}")

@@ -24,7 +24,8 @@ from kdlm.training.config import MethodConfig, TrainConfig
 
 IDENTITY_FILE = "kdlm_run.json"
 # settings that do not change the weights a run ends with
-_NOT_IDENTITY = ("threads", "logging_steps", "save_steps")
+# settings that do not change the weights (gradient checkpointing recomputes the same gradient)
+_NOT_IDENTITY = ("threads", "logging_steps", "save_steps", "report_to", "gradient_checkpointing")
 # config.json entries that say nothing about the architecture
 _NOT_ARCHITECTURE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "output_attentions",
                      "output_hidden_states", "return_dict")  # fmt: skip
@@ -43,8 +44,9 @@ def _sha256(path: Path) -> str:
 
 
 def run_identity(student, teacher_path: str | None, data_path: Path, method: MethodConfig, cfg: TrainConfig,
-                 template: str) -> dict:  # fmt: skip
-    """What a checkpoint must match to be resumed (JSON-normalized)."""
+                 template: str, sharded: bool = False) -> dict:  # fmt: skip
+    """What a checkpoint must match to be resumed (JSON-normalized). A `sharded` (FSDP) run's checkpoints
+    hold the optimizer state in shards, which only another FSDP run can resume."""
     training = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY}
     identity = {
         "architecture": _architecture(student.config.to_dict()),
@@ -54,6 +56,8 @@ def run_identity(student, teacher_path: str | None, data_path: Path, method: Met
         "training": training,
         "template": template,
     }
+    if sharded:
+        identity["optimizer_state"] = "sharded (strategy fsdp)"
     return json.loads(json.dumps(identity, sort_keys=True))
 
 

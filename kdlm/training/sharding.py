@@ -76,7 +76,28 @@ def gathered(model: nn.Module | None) -> Iterator[nn.Module | None]:
     finally:
         for unit in units:
             unit.reshard()
-            unit.set_reshard_after_forward(True)
+            # fully_shard's default: the root keeps its parameters after forward (backward needs them at once)
+            unit.set_reshard_after_forward(unit is not model)
+
+
+def init_offload_process_group() -> None:
+    """The default process group with NCCL for GPU tensors and gloo for CPU ones (CPU-offloaded shards:
+    gradient clipping all-reduces their norms on the CPU)."""
+    if not dist.is_initialized():
+        dist.init_process_group(backend="cuda:nccl,cpu:gloo")
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's full weights: one `model.safetensors`, or the shards its index lists (large models)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {key: value for name in files for key, value in load_file(directory / name).items()}
+    return load_file(directory / "model.safetensors")
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -49,7 +49,7 @@ from kdlm.models import (
     set_threads,
 )
 from kdlm.schemas import TRAIN_LOG, write_table
-from kdlm.study import source
+from kdlm.study import ONLINE_TOKENS, SOURCES, source
 from kdlm.training import sharding
 from kdlm.training.checkpoints import claim_checkpoint_dir, last_checkpoint, run_identity
 from kdlm.training.config import DistributedConfig, MethodConfig, TrainConfig, onpolicy_room
@@ -113,7 +113,8 @@ class DistillTrainer(Trainer):
             except StopIteration:
                 break
         if self.batcher is not None and batches:
-            with sharding.gathered(self.model), sharding.gathered(self.teacher):
+            decodes_with_teacher = SOURCES[self.batcher.rows.source].online == ONLINE_TOKENS  # mix_token
+            with sharding.gathered(self.model), sharding.gathered(self.teacher if decodes_with_teacher else None):
                 batches = [self._on_policy(batch) for batch in batches]
         counted = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in batches)
         total = torch.tensor(counted, dtype=torch.long, device=device)
@@ -146,13 +147,10 @@ class DistillTrainer(Trainer):
 
     @contextlib.contextmanager
     def _defer_fsdp_gradient_reduction(self):
-        """Micro-batches before the last of a step keep their gradients unsharded and unreduced (FSDP2's
-        `no_sync`); the Trainer's own version reads a load-time sharding config our student does not have."""
-        self.model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            self.model.set_requires_gradient_sync(True)
+        """Every micro-batch reduce-scatters its gradients and accumulates them sharded: deferring the reduction
+        (FSDP2's `no_sync`, the Trainer's version) would keep a whole unsharded float32 gradient on every GPU
+        until the last micro-batch, 4 bytes per parameter that the memory plan does not give it."""
+        yield
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.sharded:
@@ -171,9 +169,7 @@ class DistillTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         if not self.sharded:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        from safetensors.torch import load_file
-
-        sharding.load_full_state_dict(self.model, load_file(Path(resume_from_checkpoint) / "model.safetensors"))
+        sharding.load_full_state_dict(self.model, sharding.read_weights(Path(resume_from_checkpoint)))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         if not self.sharded or checkpoint is None:
@@ -357,8 +353,10 @@ def train(
     start = time.perf_counter()
     checkpoint_dir = Path(checkpoint_dir or out_dir.with_name(out_dir.name + ".checkpoints"))
     shard_student, shard_teacher = _strategy(distributed, int(os.environ.get("WORLD_SIZE", "1")))
+    if shard_student and distributed.cpu_offload and torch.cuda.is_available():
+        sharding.init_offload_process_group()  # CPU-offloaded shards reduce over gloo, the rest over NCCL
     args = training_arguments(cfg, checkpoint_dir, sharded=shard_student)
-    device = args.device  # sets up the process group under torchrun, which sharding needs
+    _ = args.device  # sets up the process group under torchrun (and this process's GPU), which sharding needs
     tokenizer = load_tokenizer(student_path)
     student = load_model(student_path)
     teacher = None
@@ -366,11 +364,12 @@ def train(
     if needs_teacher:
         teacher = load_model(teacher_path, dtype=teacher_dtype(cfg))
         vocab_size = check_vocab_compatible(student, teacher, tokenizer, load_tokenizer(teacher_path))
+    # sharded from the CPU copy: fully_shard moves each unit's shard to this process's device as it goes, so
+    # no GPU ever holds the whole model
     if shard_student:
-        sharding.shard(student.to(device), bf16=cfg.bf16, cpu_offload=distributed.cpu_offload)
+        sharding.shard(student, bf16=cfg.bf16, cpu_offload=distributed.cpu_offload)
     if shard_teacher:
-        sharding.shard(teacher.to(device).requires_grad_(False), bf16=False, cpu_offload=distributed.cpu_offload,
-                       trainable=False)  # fmt: skip
+        sharding.shard(teacher.requires_grad_(False), bf16=False, cpu_offload=distributed.cpu_offload, trainable=False)
     dataset = ExampleDataset(rows.prompts, rows.responses, tokenizer, cfg.max_length)
     batcher = None
     if rows.n_online:
@@ -379,7 +378,8 @@ def train(
     log.info("training on %d examples of source %s (%d online, %d offline label tokens)", len(dataset),
              rows.source, rows.n_online, dataset.n_label_tokens)  # fmt: skip
 
-    identity = run_identity(student, teacher_path if needs_teacher else None, data_path, method, cfg, template)
+    identity = run_identity(student, teacher_path if needs_teacher else None, data_path, method, cfg, template,
+                            sharded=shard_student)  # fmt: skip
     resume = last_checkpoint(checkpoint_dir)
     created = not checkpoint_dir.exists()
     claim_checkpoint_dir(checkpoint_dir, identity, resume)

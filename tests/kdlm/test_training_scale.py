@@ -116,6 +116,10 @@ def test_fsdp_resumes_a_killed_run_to_the_same_weights(lab, eight_rows, tmp_path
                   distributed={"strategy": "fsdp"}, kill_after_step=3)  # fmt: skip
     assert killed["rc"] != 0 and not Path(killed["out"]).exists()
     assert (Path(killed["checkpoint_dir"]) / "checkpoint-2").is_dir()
+    # its optimizer state is sharded: a DDP / single-process rerun is refused, naming why, and changes nothing
+    alone = _run(lab, eight_rows, tmp_path, "cut", check=False, training=training)
+    assert alone["rc"] != 0 and "optimizer_state" in alone["stderr"]
+    assert (Path(killed["checkpoint_dir"]) / "checkpoint-2").is_dir()
     resumed = _run(lab, eight_rows, tmp_path, "cut", processes=2, training=training, distributed={"strategy": "fsdp"})
     run = json.loads((Path(resumed["out"]) / "run.json").read_text())
     assert run["resumed_from"].endswith("checkpoint-2") and run["global_steps"] == 4
@@ -158,3 +162,17 @@ def test_tensorboard_logs_are_kept_with_the_student(lab, eight_rows, tmp_path):
     losses = [e.value for e in accumulator.Scalars("train/loss")]
     logged = pd.read_parquet(Path(run["out"]) / "train_log.parquet")["loss"].tolist()
     assert losses == pytest.approx(logged, rel=1e-6)
+
+
+def test_a_checkpoint_too_large_for_one_file_is_read_from_its_shards(lab, tmp_path):
+    """save_pretrained splits big models (over 50 GB by default) into shards and an index; resume reads both."""
+    from kdlm.models import load_model
+    from kdlm.training.sharding import read_weights
+
+    model = load_model(str(lab["teacher"]))
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    weights = read_weights(tmp_path / "sharded")
+    expected = load_file(Path(lab["teacher"]) / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)

@@ -358,3 +358,13 @@ def test_the_profile_declares_the_gpus_the_plan_uses():
         declared_gpus({"teacher_sft": {"gpu_memory_gb": 40}, "distill": {"gpu_memory_gb": 80}})
     with pytest.raises(ValueError, match="max_gpus must be a positive number, got 'many'"):
         declared_gpus({"distill": {"gpu_memory_gb": 80, "max_gpus": "many"}})
+
+
+def test_a_ddp_placement_never_passes_cpu_offload():
+    from kdlm.job_plan import Placement
+    from kdlm.training.config import DistributedConfig
+
+    section = {"strategy": "auto", "cpu_offload": True}
+    ddp, fsdp = Placement(1, "ddp", False).distributed(section), Placement(4, "fsdp", True).distributed(section)
+    assert "cpu_offload" not in ddp and DistributedConfig(**ddp).strategy == "ddp"
+    assert fsdp == {"strategy": "fsdp", "cpu_offload": True, "teacher": "shard"}
