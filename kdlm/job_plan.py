@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdlm.length_checks import LAB_MODELS_DIR
+from kdlm.length_checks import lab_model_spec
 from kdlm.sections import build
 from kdlm.study import NO_TEACHER, SOURCES, Study
 from kdlm.training.config import DistributedConfig, TrainConfig
@@ -95,25 +95,22 @@ def _lab_vocabulary(lab: dict) -> int:
 def _planning_ref(config: dict, path: str, scratch: Path) -> str:
     """`path`, or for a lab model the workflow has not built yet, a directory holding the config.json it
     will have (from `lab.models.<name>` and the lab tokenizer's size)."""
-    lab = config.get("lab") or {}
-    if not (lab.get("enabled") and path.startswith(LAB_MODELS_DIR)) or Path(path, "config.json").is_file():
+    spec = lab_model_spec(config, path)
+    if spec is None or Path(path, "config.json").is_file():
         return path
     from kdlm.lab.models import build_config
-    from kdlm.lab.spec import LabModelConfig
 
-    name = path[len(LAB_MODELS_DIR) :].strip("/")
-    spec = build(LabModelConfig, (lab.get("models") or {}).get(name), f"lab.models.{name}")
-    build_config(spec, _LabVocabulary(_lab_vocabulary(lab))).save_pretrained(scratch / name)
-    return str(scratch / name)
+    directory = scratch / Path(path).name
+    build_config(spec, _LabVocabulary(_lab_vocabulary(config["lab"]))).save_pretrained(directory)
+    return str(directory)
 
 
-def study_jobs(config: dict, scratch: Path | None = None) -> list[tuple[tuple[str, str, str], object, bool]]:
+def study_jobs(config: dict, scratch: Path) -> list[tuple[tuple[str, str, str], object, bool]]:
     """((rule, student, teacher), memory_plan.TrainingJob, shown in the table) of every training job kind.
     Lab models not built yet are planned from the configs they will have, written under `scratch`."""
     study = Study(config)
     training = build(TrainConfig, config.get("training"), "training")
     teacher_training = build(TrainConfig, config.get("teacher_training"), "teacher_training")
-    scratch = Path(scratch or tempfile.mkdtemp(prefix="kdlm-plan-"))
     base = {name: _planning_ref(config, spec["path"], scratch) for name, spec in config["teachers"].items()}
     jobs = []
     for teacher in study.teachers():

@@ -21,16 +21,22 @@ from kdlm.training.config import TrainConfig, onpolicy_room
 LAB_MODELS_DIR = "results/lab/models/"
 
 
-def model_context(config: dict, path: str) -> int | None:
-    """The context of the model at `path`: a lab model's from its settings (it is built by the workflow,
-    so no file exists yet), otherwise from its config.json or the known hub models."""
+def lab_model_spec(config: dict, path: str) -> LabModelConfig | None:
+    """The settings of the lab model the workflow builds at `path` (so no file exists yet), or None when
+    `path` is not one of the enabled lab's models."""
     lab = config.get("lab") or {}
-    if lab.get("enabled") and path.startswith(LAB_MODELS_DIR):
-        name = path[len(LAB_MODELS_DIR) :].strip("/")
-        spec = (lab.get("models") or {}).get(name)
-        if spec is not None:
-            return build(LabModelConfig, spec, f"lab.models.{name}").max_position_embeddings
-    return read_context(path)
+    if not (lab.get("enabled") and path.startswith(LAB_MODELS_DIR)):
+        return None
+    name = path[len(LAB_MODELS_DIR) :].strip("/")
+    spec = (lab.get("models") or {}).get(name)
+    return build(LabModelConfig, spec, f"lab.models.{name}") if spec is not None else None
+
+
+def model_context(config: dict, path: str) -> int | None:
+    """The context of the model at `path`: a lab model's from its settings, otherwise from its config.json
+    or the known hub models."""
+    spec = lab_model_spec(config, path)
+    return spec.max_position_embeddings if spec is not None else read_context(path)
 
 
 def check_lengths(config: dict) -> tuple[list[str], list[str]]:

@@ -134,13 +134,13 @@ class DistillTrainer(Trainer):
                 teacher_logits = self.teacher(**model_inputs).logits[:, :-1, : self.vocab_size]  # (B, T-1, V)
         stats: dict[str, float] = {}
         loss = self.loss_fn(student_logits, teacher_logits, labels, stats=stats, **self.hparams)
+        counted = int((labels != IGNORE_INDEX).sum())
         if self.token_exact and model.training and num_items_in_batch is not None:
             # this micro-batch's share of the step's token mean; DDP and FSDP average gradients over processes
             step_tokens = float(num_items_in_batch)
-            counted = float((labels != IGNORE_INDEX).sum())
             loss = loss * (counted * self.accelerator.num_processes / step_tokens) if step_tokens else loss * 0.0
         if model.training:
-            self._tokens_since_log += int((labels != IGNORE_INDEX).sum())
+            self._tokens_since_log += counted
             for key, value in stats.items():
                 self._pending_stats.setdefault(key, []).append(float(value))
         return (loss, outputs) if return_outputs else loss
