@@ -36,8 +36,10 @@ from kdlm.report import ReportConfig, write_report
 from kdlm.results import show_results
 from kdlm.sections import build, merged
 from kdlm.study import SOURCES, Study
+from kdlm.teacher_cache.build import build_teacher_signal
+from kdlm.teacher_cache.config import TeacherSignalConfig
 from kdlm.training.config import DistributedConfig, MethodConfig, TrainConfig
-from kdlm.training.trainer import train
+from kdlm.training.trainer import teacher_dtype, train
 
 
 def _json_dict(text: str) -> dict:
@@ -204,6 +206,7 @@ def _train(args: argparse.Namespace, teacher: str | None, method: dict) -> int:
         template=args.template,
         checkpoint_dir=args.checkpoint_dir,
         extra_info=args.info,
+        teacher_signal=getattr(args, "teacher_signal", None),
     )
     print(f"{args.out}: {run['global_steps']} steps in {run['train_seconds']:.0f} s")
     return 0
@@ -215,6 +218,24 @@ def _sft(args: argparse.Namespace) -> int:
 
 def _distill(args: argparse.Namespace) -> int:
     return _train(args, args.teacher, args.method)
+
+
+def _teacher_signal(args: argparse.Namespace) -> int:
+    check_template(args.template)
+    shard = parse_shard(args.shard) if args.shard else None
+    cfg = build(TrainConfig, args.training, "training")
+    set_threads(cfg.threads)
+    meta = build_teacher_signal(
+        teacher=args.teacher, data=args.data, out=args.out, template=args.template, max_length=cfg.max_length,
+        cfg=build(TeacherSignalConfig, args.signal, "teacher_signal"), dtype=teacher_dtype(cfg), shard=shard,
+        merge_only=args.merge,
+    )  # fmt: skip
+    if shard is not None:
+        print(f"{args.out}: shard {args.shard}: {meta['written']} parts written")
+    else:
+        print(f"{args.out}: {meta['mode']} signal of {meta['n_tokens']} tokens ({meta['n_examples']} examples), "
+              f"{meta['bytes_per_token']:.0f} bytes/token, built in {meta['build_seconds']:.0f} s")  # fmt: skip
+    return 0
 
 
 # -------------------------------------------------------------------------------------- evaluation
@@ -352,8 +373,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, required=True, help="mixed-data parquet of one source (online rows are generated each step)"
     )
     p.add_argument("--method", type=_json_dict, required=True, help='e.g. {"loss": "atkd", "lam": 0.2}')
+    p.add_argument("--teacher-signal", type=Path, default=None,
+                   help="a cached teacher signal of --data (kdlm teacher-signal): offline rows are distilled from it")  # fmt: skip
     _add_training_options(p)
     p.set_defaults(func=_distill)
+
+    p = sub.add_parser("teacher-signal", help="run the teacher once over a training file and cache its signal")
+    p.add_argument("--teacher", required=True, help="teacher model (directory or hub id)")
+    p.add_argument("--data", type=Path, required=True, help="mixed-data parquet of one source (its offline rows)")
+    p.add_argument("--out", type=Path, required=True, help="output cache directory")
+    p.add_argument("--signal", type=_json_dict, default={},
+                   help="JSON object of the teacher_signal section: mode exact|compact, top_k, batch_size, part_size")  # fmt: skip
+    p.add_argument("--training", type=_json_dict, default={},
+                   help="JSON object of the distillation's training section (max_length, bf16, threads)")  # fmt: skip
+    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template")
+    p.add_argument("--shard", default=None, metavar="I/N", help="build only parts k with k %% N == I; no merge")
+    p.add_argument("--merge", action="store_true", help="move the finished parts into --out (same options)")
+    p.set_defaults(func=_teacher_signal)
 
     p = sub.add_parser("evaluate", help="answer a task's prompts and score them")
     p.add_argument("--model", required=True)
@@ -442,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse an output path that cannot be written before any work is done (a typo must not cost the
     minutes of generation or training that precede the write)."""
-    makes_dir = args.verb in ("sft", "distill") or getattr(args, "lab_verb", None) in ("tokenizer", "model")
+    makes_dir = args.verb in ("sft", "distill", "teacher-signal") or getattr(args, "lab_verb", None) in ("tokenizer", "model")
     if getattr(args, "out", None) is not None:
         (check_output_dir if makes_dir else check_output_file)(args.out)
     if getattr(args, "out_dir", None) is not None:

@@ -67,7 +67,7 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
 }
 # A loss written as one per-token function (engine.per_token_loss) in a module of its own is found here:
 # adding one touches that module and its line in kdlm.methods.HPARAMS (docs/design.md, "Extending kdlm").
-_INFRASTRUCTURE = {"engine", "threads", "reference", "akl", "decoupled", "kl", "sft", "skew"}
+_INFRASTRUCTURE = {"engine", "signal", "compact", "threads", "reference", "akl", "decoupled", "kl", "sft", "skew"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name in _INFRASTRUCTURE or _module.name.endswith("_rows"):
         continue

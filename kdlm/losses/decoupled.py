@@ -19,6 +19,7 @@ import torch
 
 from kdlm.losses.decoupled_rows import decoupled_rows
 from kdlm.losses.engine import (
+    NEG_LARGE,
     Kernel,
     Tensor,
     check_inputs,
@@ -30,9 +31,9 @@ from kdlm.losses.engine import (
     mean_of,
     run,
     scaled,
-    take_rows,
     with_shapes_doc,
 )
+from kdlm.losses.signal import flatten_teacher, teacher_rows
 from kdlm.methods import resolve_hparams
 
 __all__ = ["atkd", "dkd", "make_kernel"]
@@ -145,20 +146,22 @@ def _teacher_uncertainty(
     reference code sums; no cancellation), so that the median split orders confident tokens correctly.
 
     Args:
-        flat_t: (B*T, V) teacher logits. idx, target: (N,) counted positions and their targets.
+        flat_t: (B*T, V) teacher logits or (B*T, d) hidden states. idx, target: (N,) counted positions and their targets.
 
     Returns:
         lse: (N,) logsumexp of the scaled teacher logits; u: (N,) in [0, 1].
     """
     lse = torch.empty(idx.numel(), dtype=dtype, device=idx.device)  # (N,)
+    zg = torch.empty(idx.numel(), dtype=dtype, device=idx.device)  # (N,) scaled target logits
     for start, stop, span in chunks(idx, chunk_size):
-        lse[start:stop] = torch.logsumexp(scaled(take_rows(flat_t, idx[start:stop], span), temperature, dtype, False), -1)
-    zg = scaled(flat_t[idx, target], temperature, dtype, True)  # (N,) scaled target logits
+        z = scaled(teacher_rows(flat_t, idx[start:stop], span), temperature, dtype, False)  # (n, V)
+        lse[start:stop] = torch.logsumexp(z, -1)
+        zg[start:stop] = z.gather(1, col(target[start:stop])).squeeze(1).clamp_(min=NEG_LARGE)
     u = -torch.expm1(zg - lse)  # (N,)
     sharp = (u < 1e-2).nonzero().squeeze(1)  # (M,) positions within idx
     for start in range(0, sharp.numel(), chunk_size):
         rows = sharp[start : start + chunk_size]  # (m,)
-        z = scaled(flat_t.index_select(0, idx[rows]), temperature, dtype, False)  # (m, V)
+        z = scaled(teacher_rows(flat_t, idx[rows], None), temperature, dtype, False)  # (m, V)
         p = z.sub_(col(lse[rows])).exp_().scatter_(1, col(target[rows]), 0.0)  # (m, V) non-target probs
         u[rows] = p.sum(-1)  # (m,)
     return lse, u
@@ -183,7 +186,7 @@ def atkd(student_logits, teacher_logits, labels, *, stats=None, **hparams) -> Te
     idx, target = counted_rows(labels, V)
     cdt = compute_dtype(student_logits)
     temp = hp["temperature"]
-    flat_t = teacher_logits.detach().reshape(-1, V)  # (B, T, V) -> (B*T, V)
+    flat_t = flatten_teacher(teacher_logits, V)  # (B, T, V) -> (B*T, V) logits, or (B*T, d) hidden states
     lse, u = _teacher_uncertainty(flat_t, idx, target, temp, hp["chunk_size"], cdt)  # (N,), (N,)
     n = idx.numel()
     if n:

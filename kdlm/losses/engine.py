@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.autograd.function import once_differentiable
 
+from kdlm.losses.signal import HiddenStates, TeacherInput, flatten_teacher, teacher_rows
 from kdlm.methods import COMMON, resolve_hparams
 
 # Shapes used in comments throughout the package:
@@ -83,6 +84,7 @@ class _Job:
     temperature: float
     chunk_size: int
     teacher_lse: Tensor | None = None  # (N,) logsumexp of the scaled teacher logits, if precomputed
+    teacher: HiddenStates | None = None  # the teacher as hidden states (not a tensor autograd could save)
     terms: dict[str, Tensor] = field(default_factory=dict)  # filled: term -> (N,) per-token values
 
 
@@ -90,7 +92,7 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def check_inputs(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> None:
+def check_inputs(student_logits: Tensor, teacher_logits: TeacherInput | None, labels: Tensor) -> None:
     if student_logits.dim() != 3:
         raise ValueError(f"student_logits must be (B, T, V), got shape {tuple(student_logits.shape)}")
     if teacher_logits is not None and teacher_logits.shape != student_logits.shape:
@@ -159,11 +161,12 @@ def scaled(z: Tensor, temperature: float, dtype: torch.dtype, clamp: bool, buf: 
     return out if temperature == 1.0 else out.div_(temperature)
 
 
-def _compute(student_logits: Tensor, teacher_logits: Tensor | None, job: _Job, want_grad: bool):
+def _compute(student_logits: Tensor, teacher_logits: TeacherInput | None, job: _Job, want_grad: bool):
     """Run ``job.kernel`` over the chunks of counted rows.
 
     Args:
-        student_logits, teacher_logits: (B, T, V); teacher may be None (sft).
+        student_logits, teacher_logits: (B, T, V); teacher may be None (sft) or hidden states
+            (:class:`kdlm.losses.signal.HiddenStates`), whose logits are made a chunk at a time.
         job: the rows, term weights and kernel; its ``terms`` are filled with (N,) per-token values.
         want_grad: also build the gradient.
 
@@ -173,7 +176,7 @@ def _compute(student_logits: Tensor, teacher_logits: Tensor | None, job: _Job, w
     V = student_logits.shape[-1]
     cdt = compute_dtype(student_logits)
     flat_s = student_logits.detach().reshape(-1, V)  # (B, T, V) -> (B*T, V)
-    flat_t = None if teacher_logits is None else teacher_logits.detach().reshape(-1, V)  # (B*T, V)
+    flat_t = flatten_teacher(teacher_logits, V)  # (B*T, V) logits or (B*T, d) hidden states
     grad = None
     if want_grad:
         grad = torch.empty_like(flat_s)  # (B*T, V)
@@ -193,7 +196,7 @@ def _compute(student_logits: Tensor, teacher_logits: Tensor | None, job: _Job, w
         direct = grad is not None and span is not None and grad.dtype == cdt
         out = None if w is None else grad[span[0] : span[1]] if direct else ws("out", n)  # (n, V)
         zs_raw = take_rows(flat_s, idx_c, span)  # (n, V)
-        zt_raw = None if flat_t is None else take_rows(flat_t, idx_c, span)  # (n, V)
+        zt_raw = None if flat_t is None else teacher_rows(flat_t, idx_c, span, ws("tz", n))  # (n, V)
         lse = None if job.teacher_lse is None else job.teacher_lse[start:stop, None]  # (n, 1)
         for clamp in (False, True):
             ls = torch.log_softmax(scaled(zs_raw, temp, cdt, clamp, ws("in", n)), -1, out=ws("ls", n))  # (n, V)
@@ -229,7 +232,7 @@ class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_logits: Tensor, teacher_logits: Tensor | None, job: _Job) -> Tensor:  # type: ignore[override]
         want_grad = ctx.needs_input_grad[0]
-        total, grad = _compute(student_logits, teacher_logits, job, want_grad)
+        total, grad = _compute(student_logits, job.teacher if teacher_logits is None else teacher_logits, job, want_grad)
         ctx.grad = grad
         ctx.job = job
         if want_grad:
@@ -242,7 +245,8 @@ class _ChunkedLoss(torch.autograd.Function):
         grad, ctx.grad = ctx.grad, None
         if grad is None:
             student_logits, teacher_logits = ctx.saved_tensors
-            _, grad = _compute(student_logits, teacher_logits, ctx.job, True)
+            teacher = ctx.job.teacher if teacher_logits is None else teacher_logits
+            _, grad = _compute(student_logits, teacher, ctx.job, True)
             shape = student_logits.shape
         else:
             shape = ctx.saved_tensors[0].shape
@@ -253,7 +257,7 @@ class _ChunkedLoss(torch.autograd.Function):
 
 def run(
     student_logits: Tensor,
-    teacher_logits: Tensor | None,
+    teacher_logits: TeacherInput | None,
     labels: Tensor,
     kernel: Kernel,
     coef: dict[str, float] | dict[str, Tensor],
@@ -277,8 +281,9 @@ def run(
     if all(isinstance(v, (int, float)) for v in coef.values()):
         n = max(idx.numel(), 1)
         coef = {k: torch.full((idx.numel(),), v / n, dtype=cdt, device=idx.device) for k, v in coef.items()}
-    job = _Job(kernel, idx, target, coef, float(temperature), int(chunk_size), teacher_lse)
-    loss = _ChunkedLoss.apply(student_logits, teacher_logits, job)
+    hidden = teacher_logits if isinstance(teacher_logits, HiddenStates) else None
+    job = _Job(kernel, idx, target, coef, float(temperature), int(chunk_size), teacher_lse, hidden)
+    loss = _ChunkedLoss.apply(student_logits, None if hidden is not None else teacher_logits, job)
     return loss, job
 
 
@@ -298,7 +303,8 @@ def mean_of(t: Tensor) -> float:
 SHAPES_DOC = """
     Args:
         student_logits: (B, T, V) student logits (any float dtype; computed in float32, or float64).
-        teacher_logits: (B, T, V) teacher logits; treated as constants.
+        teacher_logits: (B, T, V) teacher logits, or its hidden states and output layer
+            (:class:`kdlm.losses.signal.HiddenStates`); treated as constants.
         labels: (B, T) int64 targets, already shifted; IGNORE_INDEX (-100) where a token does not count.
         temperature: both models' logits are divided by it.
         chunk_size: tokens processed at once; working memory is O(chunk_size * V).

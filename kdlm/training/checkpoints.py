@@ -44,9 +44,10 @@ def _sha256(path: Path) -> str:
 
 
 def run_identity(student, teacher_path: str | None, data_path: Path, method: MethodConfig, cfg: TrainConfig,
-                 template: str, sharded: bool = False) -> dict:  # fmt: skip
+                 template: str, sharded: bool = False, teacher_signal: dict | None = None) -> dict:  # fmt: skip
     """What a checkpoint must match to be resumed (JSON-normalized). A `sharded` (FSDP) run's checkpoints
-    hold the optimizer state in shards, which only another FSDP run can resume."""
+    hold the optimizer state in shards, which only another FSDP run can resume; a run from a cached teacher
+    signal names the cache's mode and fingerprint."""
     training = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY}
     identity = {
         "architecture": _architecture(student.config.to_dict()),
@@ -58,6 +59,8 @@ def run_identity(student, teacher_path: str | None, data_path: Path, method: Met
     }
     if sharded:
         identity["optimizer_state"] = "sharded (strategy fsdp)"
+    if teacher_signal is not None:
+        identity["teacher_signal"] = teacher_signal
     return json.loads(json.dumps(identity, sort_keys=True))
 
 

@@ -38,6 +38,8 @@ from kdlm.data.templates import DEFAULT_TEMPLATE
 from kdlm.data.tokenize import IGNORE_INDEX
 from kdlm.io import atomic_dir, check_output_dir
 from kdlm.losses import LOSSES
+from kdlm.losses.compact import TopK, compact_loss
+from kdlm.losses.signal import HiddenStates
 from kdlm.methods import validate_hparams
 from kdlm.model_refs import context_from_config
 from kdlm.models import (
@@ -50,11 +52,14 @@ from kdlm.models import (
 )
 from kdlm.schemas import TRAIN_LOG, write_table
 from kdlm.study import ONLINE_TOKENS, SOURCES, source
+from kdlm.teacher_cache.fingerprint import fingerprint
+from kdlm.teacher_cache.store import TeacherSignalCache
 from kdlm.training import sharding
 from kdlm.training.checkpoints import claim_checkpoint_dir, last_checkpoint, run_identity
 from kdlm.training.config import DistributedConfig, MethodConfig, TrainConfig, onpolicy_room
 from kdlm.training.data import ExampleDataset, collate_indexed, load_rows
 from kdlm.training.onpolicy import OnPolicyBatcher, SampleHook
+from kdlm.training.output_rows import CountedRows, counted_outputs, is_plain_linear_head, output_layer
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +74,24 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, teacher=None, method: MethodConfig, vocab_size: int,
                  batcher: OnPolicyBatcher | None = None, sample_hook: SampleHook | None = None,
-                 loss_normalization: str = "tokens", sharded: bool = False, **kwargs) -> None:  # fmt: skip
+                 loss_normalization: str = "tokens", sharded: bool = False,
+                 teacher_signal: TeacherSignalCache | None = None, **kwargs) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
         self.teacher = teacher
         if teacher is not None:
             if not sharding.is_sharded(teacher):
                 teacher.to(self.args.device)
             teacher.eval().requires_grad_(False)
+        self.cache = teacher_signal
+        # the live teacher hands the loss its final hidden states when its logits are a plain matmul of them
+        # (and its output layer is whole here): the loss makes its logits a chunk at a time
+        self.live_hidden = teacher is not None and not sharding.is_sharded(teacher) and is_plain_linear_head(teacher)
+        self.output_weights = None
+        if self.cache is not None and self.cache.mode == "exact":
+            self.output_weights = tuple(None if t is None else t.to(self.args.device) for t in self.cache.output_layer())
+        elif self.live_hidden:
+            layer = output_layer(teacher)
+            self.output_weights = (layer.weight, layer.bias)
         self.loss_fn = LOSSES[method.loss]
         self.hparams = method.hparams
         self.vocab_size = vocab_size
@@ -122,19 +138,95 @@ class DistillTrainer(Trainer):
             total = self.accelerator.reduce(total, reduction="sum")
         return batches, total
 
+    def _live_signal(self, inputs: dict, rows: list[int]):
+        """The live teacher's signal at the counted tokens of batch rows `rows`: hidden states (M, d) or logits
+        (M, V)."""
+        names = ("input_ids", "attention_mask", "labels")
+        if rows == list(range(len(inputs["input_ids"]))):
+            batch = {name: inputs[name] for name in names}
+        else:
+            select = torch.tensor(rows, device=inputs["input_ids"].device)
+            batch = {name: inputs[name].index_select(0, select) for name in names}
+        counted = CountedRows.of(batch["labels"])
+        keep: list[torch.Tensor] = []
+        with torch.no_grad(), counted_outputs(self.teacher, counted.positions, keep=keep, logits=not self.live_hidden):
+            out = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        return keep[0][0] if self.live_hidden else out.logits[0, :, : self.vocab_size]
+
+    def teacher_signal(self, inputs: dict, counted: CountedRows):
+        """The teacher's signal at the batch's counted tokens, in their order: hidden states (with the output
+        layer), logits (1, N, V), a top-k signal (compact cache), or None without a teacher.
+
+        Rows the cache holds (offline rows) are read from it; the others (generated during training) come from
+        the live teacher."""
+        if self.teacher is None and self.cache is None:
+            return None
+        index = inputs["index"].tolist()
+        per_row = counted.per_row.tolist()
+        cached = [self.cache is not None and self.cache.covers(i) for i in index]
+        live_rows = [j for j, hit in enumerate(cached) if not hit]
+        live = self._live_signal(inputs, live_rows) if live_rows else None
+        live_is_hidden = live is not None and self.live_hidden
+        compact = self.cache is not None and self.cache.mode == "compact"
+        if compact:  # the live rows join the cached ones as top-k
+            k = self.cache.meta["top_k"]
+            if live is not None and live_is_hidden:
+                live = HiddenStates(live, *self.output_weights[:2], self.vocab_size).rows(None, (0, live.shape[0]))
+            live_tk = None if live is None else TopK.from_logits(live, self._targets(counted, live_rows), k)
+            return self._merge_topk(index, per_row, cached, live_tk)
+        if live is not None and not live_is_hidden and any(cached):  # logits for all (e.g. a sharded teacher)
+            cached_hidden = self._cached(index, per_row, cached)
+            if cached_hidden is not None:
+                logits = HiddenStates(cached_hidden, *self.output_weights[:2], self.vocab_size)
+                cached_rows = [j for j, hit in enumerate(cached) if hit]
+                return _interleave(per_row, cached_rows, logits.rows(None, (0, cached_hidden.shape[0])),
+                                   live_rows, live)[None]  # fmt: skip
+        if live is not None and not live_is_hidden:
+            return live[None]  # (1, N, V)
+        cached_rows = [j for j, hit in enumerate(cached) if hit]
+        cached_hidden = self._cached(index, per_row, cached)
+        hidden = _interleave(per_row, cached_rows, cached_hidden, live_rows, live)
+        weight, bias = self.output_weights
+        return HiddenStates(hidden[None].to(weight.dtype), weight, bias, self.vocab_size)
+
+    def _cached(self, index: list[int], per_row: list[int], cached: list[bool]) -> torch.Tensor | None:
+        rows = [i for i, hit in zip(index, cached, strict=True) if hit]
+        if not rows:
+            return None
+        counts = [n for n, hit in zip(per_row, cached, strict=True) if hit]
+        return self.cache.hidden(rows, counts).to(self.args.device)
+
+    @staticmethod
+    def _targets(counted: CountedRows, rows: list[int]) -> torch.Tensor:
+        segments = counted.targets.split(counted.per_row.tolist())
+        return torch.cat([segments[j] for j in rows])
+
+    def _merge_topk(self, index, per_row, cached, live: TopK | None) -> TopK:
+        rows = [i for i, hit in zip(index, cached, strict=True) if hit]
+        counts = [n for n, hit in zip(per_row, cached, strict=True) if hit]
+        stored = self.cache.topk(rows, counts).to(self.args.device) if rows else None
+        cached_rows = [j for j, hit in enumerate(cached) if hit]
+        live_rows = [j for j, hit in enumerate(cached) if not hit]
+        fields = ("ids", "logprobs", "target_logprob", "rest_logprob")
+        return TopK(*(_interleave(per_row, cached_rows, None if stored is None else getattr(stored, f).to(
+            getattr(live, f).dtype if live is not None else getattr(stored, f).dtype), live_rows,
+            None if live is None else getattr(live, f)) for f in fields))  # fmt: skip
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"][:, 1:]  # (B, T) -> (B, T-1): position t predicts token t+1
+        # logits only where a label counts: the output layer sees the N counted positions, (1, N, V) out
+        counted_rows = CountedRows.of(inputs["labels"])
         # no KV cache: a training forward never reuses one, and building it costs time and memory
         model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
-        outputs = model(**model_inputs)
-        student_logits = outputs.logits[:, :-1, : self.vocab_size]  # (B, T-1, V)
-        teacher_logits = None
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = self.teacher(**model_inputs).logits[:, :-1, : self.vocab_size]  # (B, T-1, V)
+        with counted_outputs(model, counted_rows.positions):
+            outputs = model(**model_inputs)
+        student_logits = outputs.logits[..., : self.vocab_size]  # (1, N, V)
+        teacher = self.teacher_signal(inputs, counted_rows)
         stats: dict[str, float] = {}
-        loss = self.loss_fn(student_logits, teacher_logits, labels, stats=stats, **self.hparams)
-        counted = int((labels != IGNORE_INDEX).sum())
+        if isinstance(teacher, TopK):
+            loss = compact_loss(self.loss_fn, student_logits, teacher, counted_rows.targets, stats=stats, **self.hparams)
+        else:
+            loss = self.loss_fn(student_logits, teacher, counted_rows.labels, stats=stats, **self.hparams)
+        counted = counted_rows.targets.numel()
         if self.token_exact and model.training and num_items_in_batch is not None:
             # this micro-batch's share of the step's token mean; DDP and FSDP average gradients over processes
             step_tokens = float(num_items_in_batch)
@@ -186,6 +278,18 @@ class DistillTrainer(Trainer):
                 logs[key] = sum(values) / len(values)
             self._pending_stats = {}
         super().log(logs, *args, **kwargs)
+
+
+def _interleave(per_row: list[int], rows_a: list[int], a, rows_b: list[int], b):
+    """Per-token rows of two groups of batch rows (`a` for batch rows `rows_a`, `b` for `rows_b`, each in
+    row order, `per_row` tokens each) put back in batch row order."""
+    if not rows_b:
+        return a
+    if not rows_a:
+        return b
+    pieces = dict(zip(rows_a, a.split([per_row[j] for j in rows_a]), strict=True))
+    pieces.update(zip(rows_b, b.split([per_row[j] for j in rows_b]), strict=True))
+    return torch.cat([pieces[j] for j in range(len(per_row))])
 
 
 def log_rows(log_history: list[dict]) -> list[dict]:
@@ -298,6 +402,13 @@ def teacher_dtype(cfg: TrainConfig) -> str:
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
+def _signal_identity(cache: TeacherSignalCache | None) -> dict | None:
+    """What a run took from its teacher signal cache (a checkpoint must match it to be resumed)."""
+    if cache is None:
+        return None
+    return {"mode": cache.mode, "top_k": cache.meta.get("top_k"), "fingerprint": cache.fingerprint}
+
+
 def _strategy(dist_cfg: DistributedConfig, world_size: int) -> tuple[bool, bool]:
     """(shard the student, shard the teacher) for this job; FSDP needs more than one process."""
     if dist_cfg.strategy != "fsdp" or world_size < 2:
@@ -321,6 +432,7 @@ def train(
     sample_hook: SampleHook | None = None,
     distributed: DistributedConfig | None = None,
     callbacks: list | None = None,
+    teacher_signal: Path | None = None,
 ) -> dict:
     """Train one student and write it (model, tokenizer, train_log.parquet, run.json) atomically.
 
@@ -328,12 +440,15 @@ def train(
     optimizer steps; a rerun with the same arguments resumes from the newest complete one, and the
     directory is removed once the student is written. Under `torchrun` every process trains (DDP, or
     FSDP2 with `distributed.strategy: fsdp`) and process 0 writes the output. `callbacks` are extra
-    `transformers.TrainerCallback`s.
+    `transformers.TrainerCallback`s. `teacher_signal` is a cached teacher signal of `data_path`
+    (`kdlm teacher-signal`): its offline rows are distilled from it, and the teacher model is loaded only
+    when rows are generated during training.
 
     Raises:
         ValueError: for a loss that needs a teacher without one, teacher/student vocabularies that
             differ, on-policy settings that do not fit `max_length`, or a checkpoint directory left by
-            a run with another model, data, method or training configuration.
+            a run with another model, data, method or training configuration; a teacher signal cache made
+            with another teacher, tokenizer, template, max_length or data.
 
     Returns:
         The run record written to run.json.
@@ -358,10 +473,15 @@ def train(
     args = training_arguments(cfg, checkpoint_dir, sharded=shard_student)
     _ = args.device  # sets up the process group under torchrun (and this process's GPU), which sharding needs
     tokenizer = load_tokenizer(student_path)
+    cache = None
+    if teacher_signal is not None and needs_teacher:
+        cache = TeacherSignalCache(teacher_signal)  # checked before any weight loads
+        cache.check(fingerprint(teacher=teacher_path, tokenizer=tokenizer, template=template, max_length=cfg.max_length,
+                                data=Path(data_path), output_rows=int(load_config(teacher_path).vocab_size)))  # fmt: skip
     student = load_model(student_path)
     teacher = None
     vocab_size = len(tokenizer)
-    if needs_teacher:
+    if needs_teacher and (cache is None or rows.n_online or SOURCES[rows.source].online == ONLINE_TOKENS):
         teacher = load_model(teacher_path, dtype=teacher_dtype(cfg))
         vocab_size = check_vocab_compatible(student, teacher, tokenizer, load_tokenizer(teacher_path))
     # sharded from the CPU copy: fully_shard moves each unit's shard to this process's device as it goes, so
@@ -379,7 +499,7 @@ def train(
              rows.source, rows.n_online, dataset.n_label_tokens)  # fmt: skip
 
     identity = run_identity(student, teacher_path if needs_teacher else None, data_path, method, cfg, template,
-                            sharded=shard_student)  # fmt: skip
+                            sharded=shard_student, teacher_signal=_signal_identity(cache))  # fmt: skip
     resume = last_checkpoint(checkpoint_dir)
     created = not checkpoint_dir.exists()
     claim_checkpoint_dir(checkpoint_dir, identity, resume)
@@ -399,6 +519,7 @@ def train(
             loss_normalization=cfg.loss_normalization,
             sharded=shard_student,
             callbacks=callbacks,
+            teacher_signal=cache,
         )
         result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     except BaseException:
@@ -426,6 +547,7 @@ def train(
         "teacher_sharded": shard_teacher,
         "teacher_dtype": str(next(teacher.parameters()).dtype).removeprefix("torch.") if teacher is not None else None,
         "held_bytes": held,
+        "teacher_signal": None if cache is None else {"path": str(teacher_signal), **_signal_identity(cache)},
         "train_seconds": time.perf_counter() - start,
         "versions": _versions(),
         "git_commit": _git_commit(),
