@@ -20,6 +20,7 @@ from kdlm.length_checks import check_lengths
 from kdlm.methods import validate_hparams
 from kdlm.sections import build
 from kdlm.study import NO_TEACHER, SOURCES, MixSettings, Threads
+from kdlm.teacher_cache.config import TeacherSignalConfig
 from kdlm.training.config import DistributedConfig, TrainConfig
 
 
@@ -34,6 +35,7 @@ def _sections(config: dict) -> list[tuple[str, type, dict]]:
         ("teacher_training", TrainConfig, config.get("teacher_training")),
         ("training", TrainConfig, config.get("training")),
         ("distributed", DistributedConfig, config.get("distributed")),
+        ("teacher_signal", TeacherSignalConfig, config.get("teacher_signal")),
         ("teacher_generation", GenerateConfig, config.get("teacher_generation")),
         ("evaluation.generation", GenerateConfig, evaluation.get("generation")),
         ("lab.corpus", CorpusConfig, lab.get("corpus")),

@@ -53,6 +53,12 @@ class Source:
         """Whether a run of `loss` on this source belongs to a teacher (else its teacher is `none`)."""
         return self.needs_teacher_answers or self.needs_live_teacher(loss)
 
+    def reads_teacher_signal(self, loss: str) -> bool:
+        """Whether training `loss` on this source can read its offline rows' teacher signal from a cache
+        (kdlm.teacher_cache): a loss that compares with the teacher on a source with offline rows; mix_token's
+        rows are all generated during training."""
+        return loss != "sft" and self.online in (ONLINE_NEVER, ONLINE_SHARE)
+
     def online_share(self, ratio: float) -> float:
         """The on-policy share of its rows (the `ratio` provenance column of the training file)."""
         return {ONLINE_NEVER: 0.0, ONLINE_ALL: 1.0}.get(self.online, ratio)

@@ -529,7 +529,8 @@ def train(
     held = sharding.held_bytes_by_rank(student, trainer.optimizer)
     run = {
         "student": student_path,
-        "teacher": teacher_path if teacher is not None else None,
+        "teacher": teacher_path if needs_teacher else None,
+        "teacher_loaded": teacher is not None,
         "data": str(data_path),
         "source": rows.source,
         "n_online": rows.n_online,

@@ -12,7 +12,9 @@ from pathlib import Path
 from kdlm.config_checks import validate_config
 from kdlm.job_plan import MAX_GPUS, declared_gpus, plan_study
 from kdlm.runtime import prefer_this_kdlm, visible_gpus
+from kdlm.sections import build
 from kdlm.study import NO_TEACHER, RUN_ID_REGEX, SOURCES, Study
+from kdlm.teacher_cache.config import TeacherSignalConfig
 
 prefer_this_kdlm()  # rules call the `kdlm` installed beside the Python that runs Snakemake
 
@@ -28,6 +30,7 @@ STUDY = Study(config)
 TEMPLATE = STUDY.template
 TRAIN_DATASET = STUDY.train_dataset
 TRAIN_SPLIT = STUDY.train_split
+TEACHER_SIGNAL = build(TeacherSignalConfig, config.get("teacher_signal"), "teacher_signal")
 
 
 # The `gpu` resource of every job that can use one: 1 where this machine has a GPU, so that a global
@@ -190,14 +193,40 @@ def get_distill_inputs(wildcards):
     }
     if SOURCES[wildcards.source].needs_live_teacher(STUDY.loss(wildcards.method)):
         inputs["teacher"] = model_input(STUDY.teacher_dir(wildcards.teacher))
+    if reads_teacher_signal(wildcards):
+        inputs["teacher_signal"] = teacher_signal_dir(wildcards.teacher, wildcards.source) + "/signal.json"
     return inputs
 
 
 def distill_teacher_arg(wildcards):
-    """`--teacher <dir>` where the run loads its teacher, else nothing."""
+    """`--teacher <dir>` where the run loads its teacher, else nothing; `--teacher-signal <dir>` where it
+    reads the cached teacher signal of its offline rows."""
     if not SOURCES[wildcards.source].needs_live_teacher(STUDY.loss(wildcards.method)):
         return ""
-    return f"--teacher {shlex.quote(STUDY.teacher_dir(wildcards.teacher))}"
+    arg = f"--teacher {shlex.quote(STUDY.teacher_dir(wildcards.teacher))}"
+    if reads_teacher_signal(wildcards):
+        arg += f" --teacher-signal {shlex.quote(teacher_signal_dir(wildcards.teacher, wildcards.source))}"
+    return arg
+
+
+def reads_teacher_signal(wildcards):
+    """Whether a distill job reads a cached teacher signal (teacher_signal.cache and offline rows)."""
+    return TEACHER_SIGNAL.cache and SOURCES[wildcards.source].reads_teacher_signal(
+        STUDY.loss(wildcards.method)
+    )
+
+
+def teacher_signal_dir(teacher, source):
+    """The cached teacher signal of `teacher` on the training file of `source`: one per (teacher, file),
+    shared by every student, method and seed."""
+    return f"results/teacher_signal/{TRAIN_DATASET}/{teacher}/{source}"
+
+
+def teacher_signal_training(wildcards):
+    """What of the training section shapes the cache: the sequences (max_length) and the teacher's dtype."""
+    training = config.get("training") or {}
+    keys = ("max_length", "bf16", "teacher_float32")
+    return json_arg({**{k: training[k] for k in keys if k in training}, "threads": STUDY.threads.train})
 
 
 def eval_files():
