@@ -23,7 +23,7 @@ from kdlm.evaluation.judge import JudgeConfig, judge_evaluation
 from kdlm.evaluation.lmeval import HarnessConfig, evaluate_harness, primary_scores
 from kdlm.generation import generate_for_records, parse_shard
 from kdlm.io import atomic_path, check_output_dir, check_output_file
-from kdlm.job_plan import GPU_MEMORY_GB, MAX_GPUS, plan_study, profile_gpus
+from kdlm.job_plan import GPU_MEMORY_GB, MAX_GPUS, format_teacher_compute, plan_study, profile_gpus
 from kdlm.lab.corpus import FAMILIES as CORPUS_FAMILIES
 from kdlm.lab.corpus import CorpusConfig, build_corpus, training_texts, write_corpus
 from kdlm.lab.models import FAMILIES as MODEL_FAMILIES
@@ -302,6 +302,7 @@ def _plan(args: argparse.Namespace) -> int:
     plan = plan_study(config, args.gpu_memory_gb or declared.get("gpu_memory_gb", GPU_MEMORY_GB),
                       args.max_gpus or declared.get("max_gpus", MAX_GPUS))  # fmt: skip
     print(format_plan(plan.rows))
+    print(f"\n{format_teacher_compute(plan)}")
     for problem in plan.problems:
         print(f"fits nowhere: {problem}")
     return 2 if plan.problems else 0

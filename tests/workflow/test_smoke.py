@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,6 +67,12 @@ def test_summary_has_every_model_with_sane_values(smoke_dir):
 
 def test_each_stage_wrote_its_contract(smoke_dir):
     results = smoke_dir / "results"
+    for source in ("gt", "teacher"):  # one cached teacher signal per offline file, read by its fkl run
+        cache = results / "teacher_signal" / "lab" / "llama-teacher" / source
+        assert {"signal.json", "output_layer.safetensors", "part-00000.safetensors"} <= {p.name for p in cache.iterdir()}
+        run_info = json.loads((results / "runs" / "llama-student__llama-teacher" / source / "fkl" / "seed0" / "run.json").read_text())
+        assert run_info["teacher_signal"]["path"] == f"results/teacher_signal/lab/llama-teacher/{source}"
+        assert not run_info["teacher_loaded"]
     run = results / "runs" / "llama-student__llama-teacher" / "teacher" / "fkl" / "seed0"
     assert {"config.json", "model.safetensors", "train_log.parquet", "run.json"} <= {p.name for p in run.iterdir()}
     generated = pd.read_parquet(results / "generated" / "lab" / "llama-teacher.parquet")
@@ -111,12 +118,18 @@ def _planned_jobs(smoke_dir: Path, tmp_path: Path, overrides: str) -> dict[str, 
         # the teacher: its fine-tuning, generation and everything downstream that uses it
         (
             "teacher_training:\n  lr: 2.0e-3\n",
-            {"teacher_sft": 1, "generate": 1, "mix": 1, "distill": 3, "evaluate": 4, "report": 1, "all": 1},
+            {"teacher_sft": 1, "generate": 1, "mix": 1, "teacher_signal": 2, "distill": 3, "evaluate": 4,
+             "report": 1, "all": 1},
+        ),
+        # the cached teacher signal's mode: both caches and the runs that read them (fkl on gt and teacher)
+        (
+            "teacher_signal:\n  mode: compact\n",
+            {"teacher_signal": 2, "distill": 2, "evaluate": 2, "report": 1, "all": 1},
         ),
         # evaluation settings: evaluation and report only
         ("evaluation:\n  generation:\n    max_new_tokens: 20\n", {"evaluate": 6, "report": 1, "all": 1}),
     ],
-    ids=["method-hparam", "teacher", "evaluation"],
+    ids=["method-hparam", "teacher", "teacher-signal", "evaluation"],
 )
 def test_only_changed_stages_rerun(smoke_dir, tmp_path, overrides, expected):
     assert _planned_jobs(smoke_dir, tmp_path, overrides) == expected
