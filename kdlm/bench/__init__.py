@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action="store_true", help="train in bf16 with the teacher in bf16 (a GPU), as the paper")
     p.add_argument("--lengthen", type=int, default=1,
                    help="repeat each lab input this many times and each answer a quarter as many (long sequences; default 1)")  # fmt: skip
+    p.add_argument("--signals", nargs="+", default=["live", "exact", "compact"], metavar="SIGNAL",
+                   help="teacher signals per loss: live, exact and compact caches (default: all three)")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=64, help="compact signal's k for the timed rows (default 64)")
+    p.add_argument("--error-k", type=int, nargs="*", default=[16, 64, 256], metavar="K",
+                   help="k values of the compact signal's loss error against exact, every loss (default 16 64 256)")  # fmt: skip
+    p.add_argument("--error-batches", type=int, default=2, help="batches the compact signal's error is taken on (default 2)")
     p.add_argument("--no-trl", action="store_true", help="measure kdlm only (TRL is the optional bench extra)")
     p.add_argument("--out", type=Path, default=DEFAULT_TRAIN_OUT, help=f"parquet file to write (default {DEFAULT_TRAIN_OUT})")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")

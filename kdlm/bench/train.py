@@ -49,6 +49,19 @@ kdlm trains at least as fast as TRL on the same work), ``atkd_vs_forward`` is kd
 forward's (its check, ``ok_atkd_vs_forward``: ``>= 0.8``: ATKD's extra work costs at most a fifth of
 the throughput), and ``same_batches`` says every side counted the same tokens.
 
+Teacher signals (``--signals``, default ``live exact compact``): every loss is measured with the live
+teacher (side ``kdlm_<loss>``), and with the cached teacher signal that ``kdlm teacher-signal`` builds
+(``kdlm_<loss>_exact``, ``kdlm_<loss>_compact`` at ``--top-k``): the caches are built once, before the
+rounds, from the same examples (written as a training file), and their build time is reported apart
+(``cache_build_seconds``), with the number of distillation jobs that share one cache in
+``config/paper.yaml`` and the build time divided by it (``cache_build_seconds_amortized``). Cached sides
+load no teacher. ``exact_vs_live`` is a loss's exact tokens/s over its live one (check ``>= 1.8``) and
+``exact_vs_trl`` forward exact's over TRL's (check ``>= 1.5``). Last, the compact signal's error: on
+``--error-batches`` batches, every loss from the compact signal at each ``--error-k`` against the same loss
+from the exact signal (relative error of the loss value, the mean over batches), with the bytes per
+token each stores; with a trained pair (``--teacher``/``--student``) these are the figures that matter,
+a random-weight teacher's flat distributions being the worst case for top-k.
+
 TRL is an optional extra (``pip install -e .[bench]``); without it, or with ``--no-trl``, only kdlm's
 rows are measured.
 
@@ -86,9 +99,16 @@ from kdlm.lab.build import build_lab
 from kdlm.lab.corpus import CorpusConfig, build_corpus
 from kdlm.lab.models import LabModelConfig
 from kdlm.losses import LOSSES
+from kdlm.losses.compact import TopK, compact_loss
+from kdlm.losses.signal import HiddenStates
 from kdlm.models import check_vocab_compatible, load_model, load_tokenizer, set_threads
+from kdlm.schemas import MIXED, write_table
+from kdlm.teacher_cache.build import build_teacher_signal
+from kdlm.teacher_cache.config import TeacherSignalConfig
+from kdlm.teacher_cache.store import TeacherSignalCache
 from kdlm.training.config import MethodConfig, TrainConfig
 from kdlm.training.data import ExampleDataset, collate_indexed
+from kdlm.training.output_rows import CountedRows, counted_outputs, output_layer
 from kdlm.training.trainer import DistillTrainer, teacher_dtype, training_arguments
 
 TRL_HINT = "trl is not installed; install the bench extra: pip install -e .[bench] (or pass --no-trl)"
@@ -224,12 +244,18 @@ def _quiet(trainer):
 
 
 def _run_kdlm(loss: str, paths: dict[str, Path], data: tuple[list[str], list[str]], args: argparse.Namespace,
-              tmp: Path) -> dict:  # fmt: skip
+              tmp: Path, cache: Path | None = None) -> dict:  # fmt: skip
+    """One kdlm side: the live teacher, or (``cache``) a cached teacher signal and no teacher model."""
     _fresh_memory()
     tokenizer = load_tokenizer(paths["student"])
     cfg = train_config(args)
-    student, teacher = load_model(paths["student"]), load_model(paths["teacher"], dtype=teacher_dtype(cfg))
-    vocab_size = check_vocab_compatible(student, teacher, tokenizer, load_tokenizer(paths["teacher"]))
+    student = load_model(paths["student"])
+    teacher, signal = None, None
+    if cache is None:
+        teacher = load_model(paths["teacher"], dtype=teacher_dtype(cfg))
+        vocab_size = check_vocab_compatible(student, teacher, tokenizer, load_tokenizer(paths["teacher"]))
+    else:
+        signal, vocab_size = TeacherSignalCache(cache), len(tokenizer)
     dataset = ExampleDataset(*data, tokenizer, args.max_length)
     meter = Meter(args.warmup_steps, args.warmup_steps + args.steps)
     trainer = _quiet(_metered(DistillTrainer, meter)(
@@ -238,6 +264,7 @@ def _run_kdlm(loss: str, paths: dict[str, Path], data: tuple[list[str], list[str
         train_dataset=dataset,
         data_collator=partial(collate_indexed, pad_token_id=tokenizer.pad_token_id),
         teacher=teacher,
+        teacher_signal=signal,
         method=MethodConfig(loss=loss),
         vocab_size=vocab_size,
         callbacks=[meter],
@@ -268,6 +295,84 @@ def _run_trl(paths: dict[str, Path], data: tuple[list[str], list[str]], args: ar
     ))  # fmt: skip
     trainer.train()
     return meter.figures()
+
+
+def _training_file(data: tuple[list[str], list[str]], path: Path) -> Path:
+    """The benchmark's examples as a training file of source gt (what ``kdlm teacher-signal`` reads)."""
+    import pandas as pd
+
+    prompts, responses = data
+    frame = pd.DataFrame({"id": [f"bench-{i}" for i in range(len(prompts))], "prompt": prompts, "response": responses,
+                          "origin": "gt", "online": False})  # fmt: skip
+    write_table(frame, path, MIXED)
+    return path
+
+
+def _build_caches(paths: dict[str, Path], data_file: Path, args: argparse.Namespace, tmp: Path) -> dict[str, dict]:
+    """mode -> {path, build_seconds, bytes_per_token} of the caches the cached sides read."""
+    cfg = train_config(args)
+    caches = {}
+    for mode in [m for m in ("exact", "compact") if m in args.signals]:
+        signal = TeacherSignalConfig(mode=mode, top_k=args.top_k, batch_size=args.batch_size)
+        out = tmp / f"signal-{mode}"
+        start = time.perf_counter()
+        meta = build_teacher_signal(teacher=str(paths["teacher"]), data=data_file, out=out, template=args.template,
+                                    max_length=args.max_length, cfg=signal, dtype=teacher_dtype(cfg))  # fmt: skip
+        caches[mode] = {"path": out, "build_seconds": time.perf_counter() - start,
+                        "bytes_per_token": meta["bytes_per_token"]}  # fmt: skip
+    return caches
+
+
+def jobs_per_cache(config_file: Path = Path("config/paper.yaml")) -> float | None:
+    """The mean number of distillation jobs that read one cached teacher signal in ``config_file`` (None
+    where the file is not at hand, e.g. outside a checkout)."""
+    from collections import Counter
+
+    from kdlm.config_checks import check_config_files
+    from kdlm.study import SOURCES, Study
+
+    try:
+        config, _ = check_config_files([config_file], Path("."))
+    except (OSError, ValueError):
+        return None
+    study = Study(config)
+    counts = Counter((r.teacher, study.mix_teacher(r.teacher, r.source), r.source) for r in study.runs()
+                     if SOURCES[r.source].reads_teacher_signal(study.loss(r.method)))  # fmt: skip
+    return sum(counts.values()) / len(counts) if counts else None
+
+
+def compact_errors(paths: dict[str, Path], data: tuple[list[str], list[str]], args: argparse.Namespace,
+                   losses: list[str]) -> list[dict]:  # fmt: skip
+    """Every loss from the compact signal at each k of ``--error-k`` against the exact signal, on the first
+    ``--error-batches`` batches: the mean relative error of the loss value, with bytes per token."""
+    tokenizer = load_tokenizer(paths["student"])
+    cfg = train_config(args)
+    student, teacher = load_model(paths["student"]).eval(), load_model(paths["teacher"], dtype=teacher_dtype(cfg)).eval()
+    vocab = len(tokenizer)
+    dataset = ExampleDataset(*data, tokenizer, args.max_length)
+    layer = output_layer(teacher)
+    exact_bytes = layer.weight.shape[1] * layer.weight.element_size()
+    errors: dict[tuple[str, int], list[float]] = {}
+    for b in range(args.error_batches):
+        rows = range(b * args.batch_size, min((b + 1) * args.batch_size, len(dataset)))
+        batch = collate_indexed([dataset[i] for i in rows], tokenizer.pad_token_id)
+        counted = CountedRows.of(batch["labels"])
+        keep: list[torch.Tensor] = []
+        with torch.no_grad():
+            with counted_outputs(student, counted.positions):
+                logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :vocab]
+            with counted_outputs(teacher, counted.positions, keep=keep, logits=False):
+                teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            exact = HiddenStates(keep[0], layer.weight, layer.bias, vocab)
+            teacher_logits = exact.flat().rows(None, (0, counted.targets.numel()))
+            for k in args.error_k:
+                topk = TopK.from_logits(teacher_logits, counted.targets, k)
+                for name in losses:
+                    want = float(LOSSES[name](logits, exact, counted.labels))
+                    got = float(compact_loss(LOSSES[name], logits, topk, counted.targets))
+                    errors.setdefault((name, topk.k), []).append(abs(got - want) / max(abs(want), 1e-12))
+    return [{"loss": name, "k": k, "relative_error": sum(v) / len(v), "bytes_per_token": 8 * k + 8,
+             "exact_bytes_per_token": exact_bytes} for (name, k), v in errors.items()]  # fmt: skip
 
 
 def _fresh_memory() -> None:
@@ -319,6 +424,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps, --warmup-steps, --batch-size and --repeats must be >= 1 and --max-length >= 2, got "
                          f"{args.steps}, {args.warmup_steps}, {args.batch_size}, {args.repeats}, {args.max_length}")  # fmt: skip
     losses = ["forward", *[name for name in dict.fromkeys(args.losses) if name != "forward"]]
+    args.signals = [s for s in dict.fromkeys(getattr(args, "signals", None) or ["live"])]
+    args.signals = ["live", *[s for s in args.signals if s != "live"]]  # live is the reference of every row
+    if set(args.signals) - {"live", "exact", "compact"}:
+        raise ValueError(f"unknown teacher signals {sorted(set(args.signals) - {'live', 'exact', 'compact'})}; "
+                         "known: live, exact, compact")  # fmt: skip
+    args.top_k = getattr(args, "top_k", 64)
+    args.error_k = getattr(args, "error_k", [16, 64, 256])
+    args.error_batches = getattr(args, "error_batches", 2)
     unknown = sorted(set(losses) - set(LOSSES) | ({"sft"} & set(losses)))
     if unknown:
         raise ValueError(f"unknown or non-distillation losses {unknown}; known: {', '.join(n for n in LOSSES if n != 'sft')}")
@@ -329,7 +442,9 @@ def run(args: argparse.Namespace) -> int:
         trl_version = _trl_version()
     set_threads(args.threads)
     # each round: kdlm forward, TRL, then the other kdlm losses (forward and TRL side by side in time)
-    sides = ["kdlm_forward", *([TRL_SIDE] if trl_version else []), *(f"kdlm_{name}" for name in losses[1:])]
+    cached = [s for s in args.signals if s != "live"]
+    sides = ["kdlm_forward", *([TRL_SIDE] if trl_version else []), *(f"kdlm_forward_{s}" for s in cached),
+             *(f"kdlm_{name}{suffix}" for name in losses[1:] for suffix in ["", *(f"_{s}" for s in cached)])]  # fmt: skip
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
@@ -348,12 +463,16 @@ def run(args: argparse.Namespace) -> int:
             paths = {"teacher": teacher, "student": student}
             data = _pairs((args.warmup_steps + args.steps) * args.batch_size, args.template, getattr(args, "lengthen", 1))
             plan_gb = planned_gb(paths, args)
+            caches = _build_caches(paths, _training_file(data, tmp / "train.parquet"), args, tmp) if cached else {}
             for _ in range(args.repeats):
                 for side in sides:
                     if side == TRL_SIDE:
                         runs[side].append(_run_trl(paths, data, args, tmp))
                     else:
-                        runs[side].append(_run_kdlm(side.removeprefix("kdlm_"), paths, data, args, tmp))
+                        loss, signal = _side_parts(side)
+                        cache = caches[signal]["path"] if signal != "live" else None
+                        runs[side].append(_run_kdlm(loss, paths, data, args, tmp, cache))
+            errors = compact_errors(paths, data, args, losses_for_errors()) if args.error_k else []
     finally:
         transformers.logging.set_verbosity(verbosity)
         if bars:
@@ -373,12 +492,17 @@ def run(args: argparse.Namespace) -> int:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "bf16": getattr(args, "bf16", False),
     }
-    for side in [*(f"kdlm_{name}" for name in losses), *([TRL_SIDE] if TRL_SIDE in kept else [])]:
+    ordered = [f"kdlm_{name}{suffix}" for name in losses for suffix in ["", *(f"_{s}" for s in cached)]]
+    for side in [*ordered, *([TRL_SIDE] if TRL_SIDE in kept else [])]:
         fig = kept[side]
+        loss, signal = _side_parts(side) if side != TRL_SIDE else ("gkd beta=0 (forward KL)", "live")
+        live_tps = kept[f"kdlm_{loss}"]["tokens_per_s"] if side != TRL_SIDE else fig["tokens_per_s"]
         rows.append({
             "side": side,
             "trainer": "trl.experimental.gkd.GKDTrainer" if side == TRL_SIDE else "kdlm DistillTrainer",
-            "loss": "gkd beta=0 (forward KL)" if side == TRL_SIDE else side.removeprefix("kdlm_"),
+            "loss": loss,
+            "signal": signal,
+            "vs_live": fig["tokens_per_s"] / live_tps,
             **fig,
             "tokens_per_s_runs": [r["tokens_per_s"] for r in runs[side]],
             "vs_trl": fig["tokens_per_s"] / trl_tps,
@@ -389,6 +513,10 @@ def run(args: argparse.Namespace) -> int:
             "trl": trl_version,
         })  # fmt: skip
     atkd = kept.get("kdlm_atkd")
+    per_cache = jobs_per_cache()
+    exact_vs_live = {loss: kept[f"kdlm_{loss}_exact"]["tokens_per_s"] / kept[f"kdlm_{loss}"]["tokens_per_s"]
+                     for loss in losses if f"kdlm_{loss}_exact" in kept}  # fmt: skip
+    exact_forward = kept.get("kdlm_forward_exact")
     figures = {
         "models": model_desc,
         "planned_gb": plan_gb,
@@ -404,6 +532,16 @@ def run(args: argparse.Namespace) -> int:
         "ok_kdlm_vs_trl": bool(forward_tps >= trl_tps) if trl_version else None,
         "ok_atkd_vs_forward": bool(atkd["tokens_per_s"] >= 0.8 * forward_tps) if atkd else None,
         "same_batches": len({r["counted_tokens"] for r in rows}) == 1 and len({r["tokens"] for r in rows}) == 1,
+        "exact_vs_live": exact_vs_live,
+        "ok_exact_vs_live": all(v >= 1.8 for v in exact_vs_live.values()) if exact_vs_live else None,
+        "exact_vs_trl": exact_forward["tokens_per_s"] / trl_tps if exact_forward and trl_version else None,
+        "ok_exact_vs_trl": bool(exact_forward["tokens_per_s"] >= 1.5 * trl_tps) if exact_forward and trl_version else None,
+        "cache_build_seconds": {mode: c["build_seconds"] for mode, c in caches.items()},
+        "cache_bytes_per_token": {mode: c["bytes_per_token"] for mode, c in caches.items()},
+        "jobs_per_cache_paper": per_cache,
+        "cache_build_seconds_amortized": {mode: c["build_seconds"] / per_cache for mode, c in caches.items()}
+        if per_cache else None,
+        "compact_errors": errors,
         "rows": rows,
     }
     write_rows(rows, args.out)
@@ -412,6 +550,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_table(figures, args)
     return 0
+
+
+def _side_parts(side: str) -> tuple[str, str]:
+    """``kdlm_<loss>[_exact|_compact]`` -> (loss, signal)."""
+    name = side.removeprefix("kdlm_")
+    for signal in ("exact", "compact"):
+        if name.endswith(f"_{signal}"):
+            return name.removesuffix(f"_{signal}"), signal
+    return name, "live"
+
+
+def losses_for_errors() -> list[str]:
+    """Every distillation loss (the compact signal's error is reported for each)."""
+    return [name for name in LOSSES if name != "sft"]
 
 
 def _best_run(runs: list[dict]) -> dict:
@@ -423,13 +575,14 @@ def _print_table(figures: dict, args: argparse.Namespace) -> None:
     result = table(f"kdlm bench train: {figures['models']}; batch {args.batch_size}, max length {args.max_length}, "
                    f"{args.steps} timed steps after {args.warmup_steps}, best of {args.repeats}, "
                    f"{figures['device']}, {figures['threads']} threads, TRL {figures['trl'] or 'not measured'}",
-                   ("side", "loss", "counted tokens", "seconds", "tokens/s", "all tokens/s", "first loss", "vs TRL",
-                    "vs forward"),
-                   left=("side", "loss"))  # fmt: skip
+                   ("side", "loss", "signal", "counted tokens", "seconds", "tokens/s", "all tokens/s", "first loss",
+                    "vs live", "vs TRL", "vs forward"),
+                   left=("side", "loss", "signal"))  # fmt: skip
     for r in figures["rows"]:
-        result.add_row(r["side"], r["loss"], str(r["counted_tokens"]), f"{r['seconds']:.2f}", f"{r['tokens_per_s']:.0f}",
-                       f"{r['all_tokens_per_s']:.0f}", f"{r['first_loss']:.4f}",
-                       "" if math.isnan(r["vs_trl"]) else f"{r['vs_trl']:.2f}x", f"{r['vs_forward']:.2f}x")  # fmt: skip
+        result.add_row(r["side"], r["loss"], r["signal"], str(r["counted_tokens"]), f"{r['seconds']:.2f}",
+                       f"{r['tokens_per_s']:.0f}", f"{r['all_tokens_per_s']:.0f}", f"{r['first_loss']:.4f}",
+                       f"{r['vs_live']:.2f}x", "" if math.isnan(r["vs_trl"]) else f"{r['vs_trl']:.2f}x",
+                       f"{r['vs_forward']:.2f}x")  # fmt: skip
     out = console(160)
     out.print(result)
     if figures["kdlm_vs_trl"] is not None:
@@ -439,6 +592,27 @@ def _print_table(figures: dict, args: argparse.Namespace) -> None:
     if figures["atkd_vs_forward"] is not None:
         out.print(f"kdlm atkd / kdlm forward = {figures['atkd_vs_forward']:.2f}x "
                   f"(>= 0.8x: {mark(figures['ok_atkd_vs_forward'])})")  # fmt: skip
+    for loss, ratio in figures["exact_vs_live"].items():
+        out.print(f"kdlm {loss} cached exact / live = {ratio:.2f}x (>= 1.8x: {mark(ratio >= 1.8)})")
+    if figures["exact_vs_trl"] is not None:
+        out.print(f"kdlm forward cached exact / TRL GKD = {figures['exact_vs_trl']:.2f}x "
+                  f"(>= 1.5x: {mark(figures['ok_exact_vs_trl'])})")  # fmt: skip
+    for mode, seconds in figures["cache_build_seconds"].items():
+        amortized = figures["cache_build_seconds_amortized"]
+        share = (f", {amortized[mode]:.2f} s per job over the {figures['jobs_per_cache_paper']:g} jobs that share a cache "
+                 "in config/paper.yaml") if amortized else ""  # fmt: skip
+        out.print(f"cache build ({mode}): {seconds:.1f} s, {figures['cache_bytes_per_token'][mode]:.0f} bytes/token{share}")
+    if figures["compact_errors"]:
+        ks = sorted({e["k"] for e in figures["compact_errors"]})
+        errs = table("compact signal: relative loss error against exact (mean over batches); bytes/token",
+                     ("loss", *(f"k={k}" for k in ks)), left=("loss",))  # fmt: skip
+        by = {(e["loss"], e["k"]): e for e in figures["compact_errors"]}
+        for loss in dict.fromkeys(e["loss"] for e in figures["compact_errors"]):
+            errs.add_row(loss, *(f"{by[(loss, k)]['relative_error']:.2e}" for k in ks))
+        first = figures["compact_errors"][0]
+        errs.add_row("bytes/token", *(f"{8 * k + 8}" for k in ks))
+        out.print(errs)
+        out.print(f"exact signal: {first['exact_bytes_per_token']} bytes/token (hidden size x dtype)")
     if not figures["same_batches"]:
         out.print("[red]the sides did not train on the same tokens[/]")
     out.print(f"wrote {args.out}")

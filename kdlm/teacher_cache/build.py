@@ -175,7 +175,8 @@ def build_teacher_signal(
                 layer["bias"] = output_layer(model).bias.detach().contiguous()
             save_file(layer, str(tmp / OUTPUT_LAYER_FILE))
         meta["bytes"] = sum(f.stat().st_size for f in tmp.iterdir())
-        meta["bytes_per_token"] = meta["bytes"] / max(n_tokens, 1)
+        # the per-token signal alone (the parts), not the output layer stored once
+        meta["bytes_per_token"] = sum((tmp / part_name(k)).stat().st_size for k in range(len(parts))) / max(n_tokens, 1)
         (tmp / SIGNAL_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(parts_root(out), ignore_errors=True)
     return meta

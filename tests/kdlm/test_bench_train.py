@@ -54,21 +54,34 @@ def test_kdlm_side_without_trl(lab, tmp_path, capsys, monkeypatch):
     figures = json.loads(captured.out)
     assert figures["trl"] is None and figures["kdlm_vs_trl"] is None and figures["ok_kdlm_vs_trl"] is None
     rows = {r["side"]: r for r in figures["rows"]}
-    assert set(rows) == {"kdlm_forward", "kdlm_atkd"}
+    sides = [f"kdlm_{loss}{signal}" for loss in ("forward", "atkd") for signal in ("", "_exact", "_compact")]
+    assert set(rows) == set(sides)
+    # the exact cache's first loss is the live teacher's (its hidden states were computed in other batches: float
+    # roundoff, on a loss near 0 for this untrained pair)
+    for loss in ("forward", "atkd"):
+        assert rows[f"kdlm_{loss}_exact"]["first_loss"] == pytest.approx(rows[f"kdlm_{loss}"]["first_loss"], rel=1e-4)
+        assert figures["exact_vs_live"][loss] == pytest.approx(
+            rows[f"kdlm_{loss}_exact"]["tokens_per_s"] / rows[f"kdlm_{loss}"]["tokens_per_s"])
+    assert set(figures["cache_build_seconds"]) == {"exact", "compact"}
+    assert all(_positive(v) for v in figures["cache_bytes_per_token"].values())
+    errors = {(e["loss"], e["k"]): e for e in figures["compact_errors"]}
+    assert {k for _, k in errors} == {16, 64, 256} and len(errors) == 3 * 10, "every distillation loss at every k"
+    assert all(math.isfinite(e["relative_error"]) and e["relative_error"] >= 0 for e in errors.values())
+    assert errors[("forward", 256)]["relative_error"] < errors[("forward", 16)]["relative_error"]
     for r in rows.values():
         assert _positive(r["tokens_per_s"]) and _positive(r["all_tokens_per_s"]) and _positive(r["first_loss"])
         assert 0 < r["counted_tokens"] < r["tokens"] <= 2 * 4 * 48, "two timed steps of 4 examples of <= 48 tokens"
     assert figures["same_batches"], "every side trains on the same batches"
     assert figures["atkd_vs_forward"] == pytest.approx(rows["kdlm_atkd"]["tokens_per_s"] / rows["kdlm_forward"]["tokens_per_s"])
     table = pd.read_parquet(tmp_path / "bench" / "train.parquet")
-    assert table["side"].tolist() == ["kdlm_forward", "kdlm_atkd"]
+    assert table["side"].tolist() == sides
     assert (table["tokens_per_s"] > 0).all()
     assert not list((tmp_path / "bench").glob(".*")), "the parquet is written atomically"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl is not installed (pip install -e .[bench])")
 def test_trl_side_computes_the_same_forward_kl(lab, tmp_path, capsys):
-    assert bench.run(_tiny(lab, tmp_path, "--losses", "forward")) == 0
+    assert bench.run(_tiny(lab, tmp_path, "--losses", "forward", "--signals", "live", "--error-k")) == 0
     figures = json.loads(capsys.readouterr().out)
     rows = {r["side"]: r for r in figures["rows"]}
     assert set(rows) == {"kdlm_forward", "trl_gkd"} and figures["trl"]
