@@ -139,7 +139,7 @@ def test_paper_plan_prints_gpu_resources_of_each_job(paper_plan):
             assert "mem_mb=64000" in resources and "runtime=720" in resources, rule
             assert "cpus_per_gpu=8" in resources
             launches[(rule, w.get("student"), w.get("teacher"))] = placement
-        elif rule in ("evaluate", "generate_shard", "harness"):
+        elif rule in ("evaluate", "generate_shard", "harness", "teacher_signal"):
             assert "gpu=1" in resources, rule
         else:  # localrules: run on the submit host, no GPU
             assert "gpu=1" not in resources, rule
@@ -201,7 +201,7 @@ def test_gpu_jobs_ask_for_a_gpu_only_where_there_is_one(tmp_path, visible, gpu):
     result = _dry_run(tmp_path, *profile, env={**ENV, "CUDA_VISIBLE_DEVICES": visible})
     assert result.returncode == 0, result.stderr[-3000:]
     for rule, fields in _jobs(result.stdout):
-        if rule in ("teacher_sft", "generate", "distill", "evaluate"):
+        if rule in ("teacher_sft", "generate", "teacher_signal", "distill", "evaluate"):
             assert (gpu in fields["resources"]) if gpu else "gpu=1" not in fields["resources"], rule
         else:
             assert "gpu=1" not in fields["resources"], rule
@@ -295,7 +295,7 @@ def test_cheap_rules_are_localrules(tmp_path):
         "all", "lab_corpus", "lab_tokenizer", "lab_model", "prepare", "generate_merge", "mix", "mixes",
         "judge", "report", "teacher_data", "runs", "evals",
     }  # fmt: skip
-    assert rules - local == {"teacher_sft", "generate_shard", "distill", "evaluate", "harness"}
+    assert rules - local == {"teacher_sft", "generate_shard", "teacher_signal", "distill", "evaluate", "harness"}
 
 
 def test_kdlm_plan_prints_every_pair_of_the_paper():
@@ -368,3 +368,20 @@ def test_a_ddp_placement_never_passes_cpu_offload():
     ddp, fsdp = Placement(1, "ddp", False).distributed(section), Placement(4, "fsdp", True).distributed(section)
     assert "cpu_offload" not in ddp and DistributedConfig(**ddp).strategy == "ddp"
     assert fsdp == {"strategy": "fsdp", "cpu_offload": True, "teacher": "shard"}
+
+
+def test_each_teacher_runs_once_per_offline_file_and_its_runs_read_the_cache(paper_plan):
+    """One teacher_signal job per (teacher, offline training file); every KD run on gt or teacher data reads
+    its cache (`--teacher-signal`) and needs it as an input; SeqKD and SFT read none."""
+    jobs = _jobs(paper_plan)
+    caches = {(w["teacher"], w["source"]) for w in (_wildcards(f) for r, f in jobs if r == "teacher_signal")}
+    teachers = {_wildcards(f)["teacher"] for r, f in jobs if r == "distill"} - {"none"}
+    assert caches == {(t, s) for t in teachers for s in ("gt", "teacher")}
+    assert _job_stats(paper_plan)["teacher_signal"] == len(caches)
+    for rule, fields in jobs:
+        if rule != "distill":
+            continue
+        w = _wildcards(fields)
+        cache = f"results/teacher_signal/alpaca_gpt4/{w['teacher']}/{w['source']}"
+        reads = w["method"] not in ("sft",) and w["teacher"] != "none"
+        assert (f"{cache}/signal.json" in fields["input"]) == reads, w
