@@ -24,6 +24,8 @@ import importlib
 from pathlib import Path
 
 DEFAULT_LOSSES_OUT = Path("results/bench/losses.parquet")
+DEFAULT_LOSSES_REALISTIC_OUT = Path("results/bench/losses_realistic.parquet")  # `kdlm bench losses --mask realistic`
+MASKS = ("all", "realistic")  # `kdlm bench losses --mask`
 DEFAULT_TRAIN_OUT = Path("results/bench/train.parquet")
 DTYPES = ("bfloat16", "float16", "float32")  # `kdlm bench losses --dtype`
 
@@ -33,12 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench_command", required=True, metavar="{losses,generate,train}")
 
     p = sub.add_parser("losses", help="time and memory of every loss vs its straightforward version")
-    p.add_argument("--tokens", type=int, default=1024, help="counted tokens B*T (default 1024)")
+    p.add_argument("--tokens", type=int, default=1024,
+                   help="tokens B*T (default 1024); all counted, or with --mask realistic the batch's positions")  # fmt: skip
     p.add_argument("--vocab", type=int, default=50272, help="vocabulary size V (default 50272, OPT's)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement; the median is kept (>= 3, default 5)")
     p.add_argument("--losses", nargs="+", default=None, metavar="NAME", help="only these losses (default all)")
     p.add_argument("--no-reference", action="store_true", help="skip the straightforward implementations")
-    p.add_argument("--out", type=Path, default=DEFAULT_LOSSES_OUT, help=f"parquet file to write (default {DEFAULT_LOSSES_OUT})")
+    p.add_argument("--mask", default="all", choices=MASKS,
+                   help="all: every token counts (default); realistic: a --batch x tokens/batch batch with prompt and "
+                        "padding masked (56%% counted), each loss on its (B, T, V) logits and on the (1, N, V) counted rows")  # fmt: skip
+    p.add_argument("--batch", type=int, default=4, help="rows of the --mask realistic batch (default 4: 4 x 256 tokens)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"parquet file to write (default {DEFAULT_LOSSES_OUT}, with --mask realistic {DEFAULT_LOSSES_REALISTIC_OUT})")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; on CUDA memory is the allocator's peak")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="logits dtype (default float32)")

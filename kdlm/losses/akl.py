@@ -12,7 +12,17 @@ from __future__ import annotations
 import torch
 
 from kdlm.losses.akl_rows import akl_rows
-from kdlm.losses.engine import Kernel, Tensor, check_inputs, col, finish, mean_of, run, with_shapes_doc
+from kdlm.losses.engine import (
+    Kernel,
+    Tensor,
+    check_inputs,
+    col,
+    finish,
+    mean_of,
+    run,
+    uses,
+    with_shapes_doc,
+)
 from kdlm.methods import resolve_hparams
 
 __all__ = ["akl", "head_gap_sorted", "make_kernel"]
@@ -43,9 +53,8 @@ def _make_tensor_kernel(mu: float) -> Kernel:
 
     def kernel(ls, lt, target, w, ws, out):
         n = len(target)
-        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
+        ps, pt = ws("ps", n), ws("pt", n)  # (n, V) each, from the engine
         d = ls.sub_(lt)  # (n, V) log p_s - log p_t
-        pt = lt.exp_()  # (n, V)
         # sum |p_t - p_s| per row in one pass, without a difference tensor
         total = torch.cdist(pt.unsqueeze(1), ps.unsqueeze(1), p=1).view(n)  # (n,)
         head = head_gap_sorted(pt, ps, mu)  # (n,)
@@ -61,7 +70,7 @@ def _make_tensor_kernel(mu: float) -> Kernel:
             torch.mul(pd, col(cr), out=out).addcmul_(ps, col(cf - cr * rkl)).addcmul_(pt, col(cf), value=-1.0)
         return {"akl": wh * fkl + wt * rkl, "head_weight": wh}
 
-    return kernel
+    return uses(kernel, "ls", "lt", "ps", "pt")
 
 
 def make_kernel(mu: float) -> Kernel:
@@ -73,16 +82,15 @@ def make_kernel(mu: float) -> Kernel:
     on_device = _make_tensor_kernel(mu)
 
     def kernel(ls, lt, target, w, ws, out):
-        if ls.device.type != "cpu":
-            return on_device(ls, lt, target, w, ws, out)
         n = len(target)
-        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
-        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
-        terms = akl_rows(ls, lt, ps, pt, mu, None if w is None else w["akl"], out).to(ls.dtype)  # (n, 6)
-        return {"akl": terms[:, 0], "head_weight": terms[:, 1]}
+        if ws.device.type != "cpu":
+            return on_device(ws.log_probs("ls", n), ws.log_probs("lt", n), target, w, ws, out)
+        ps, pt = ws("ps", n), ws("pt", n)  # (n, V) each, from the engine; log-probabilities read off the logits
+        terms = akl_rows(ws.log_parts("ls", n), ws.log_parts("lt", n), ps, pt, mu, None if w is None else w["akl"], out)
+        return {"akl": terms[:, 0].to(ps.dtype), "head_weight": terms[:, 1].to(ps.dtype)}
 
     kernel.on_device = on_device
-    return kernel
+    return uses(kernel, "ps", "pt")
 
 
 @with_shapes_doc

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kdlm.losses.kl_rows import row_grad, row_sums
-from kdlm.losses.threads import SUMS, as_weights, grad_rows, run_rows
+from kdlm.losses.kl_rows import log_diff, row_grad, row_sums
+from kdlm.losses.threads import SUMS, LogProbs, as_weights, grad_rows, run_rows
 
 __all__ = ["BLOCK", "akl_rows", "head_gap"]
 
@@ -126,15 +126,18 @@ def _row_head_gap(pt, ps, mu, maxima, cand_val, cand_col):  # pragma: no cover -
 
 
 @njit(nogil=True, cache=True)
-def _akl_range(ls, lt, ps, pt, w, mu, want_grad, out, terms, lo, hi):  # pragma: no cover - compiled
-    """Rows lo..hi-1: terms[i] = (akl, head weight, forward KL, reverse KL, gap, head gap); out[i] = gradient."""
-    V = ls.shape[1]
+def _akl_range(zs, zt, k, ps, pt, w, mu, want_grad, out, terms, lo, hi):  # pragma: no cover - compiled
+    """Rows lo..hi-1: terms[i] = (akl, head weight, forward KL, reverse KL, gap, head gap); out[i] = gradient.
+
+    log p_s - log p_t = zs - zt + k per row (:func:`kdlm.losses.kl_rows.row_sums`).
+    """
+    V = ps.shape[1]
     maxima = np.empty(V // BLOCK + 1, dtype=pt.dtype)
     cand_val = np.empty(V, dtype=pt.dtype)
     cand_col = np.empty(V, dtype=np.int64)
-    one = ls.dtype.type(1.0)
+    one = ps.dtype.type(1.0)
     for i in range(lo, hi):
-        fkl, rkl, total = row_sums(ls[i], lt[i], ps[i], pt[i])
+        fkl, rkl, total = row_sums(zs[i], zt[i], k[i], ps[i], pt[i])
         head = _row_head_gap(pt[i], ps[i], mu, maxima, cand_val, cand_col)
         wh, wt = 0.5, 0.5
         if total > 0:
@@ -147,7 +150,7 @@ def _akl_range(ls, lt, ps, pt, w, mu, want_grad, out, terms, lo, hi):  # pragma:
         terms[i, 5] = head
         if want_grad:
             cf, cr = w[i] * wh, w[i] * wt
-            row_grad(ls[i], lt[i], ps[i], pt[i], one * cr, one * (cf - cr * rkl), one * cf, out[i])
+            row_grad(zs[i], zt[i], ps[i], pt[i], one * cr, one * (cf - cr * (rkl - k[i])), one * cf, out[i])
 
 
 @njit(nogil=True, cache=True)
@@ -161,10 +164,10 @@ def _head_gap_range(pt, ps, mu, gap, lo, hi):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def _akl_parts(ls, lt, ps, pt, w, mu, want_grad, out, terms, parts):  # pragma: no cover - compiled
-    n = ls.shape[0]
-    for k in prange(parts):
-        _akl_range(ls, lt, ps, pt, w, mu, want_grad, out, terms, (n * k) // parts, (n * (k + 1)) // parts)
+def _akl_parts(zs, zt, k, ps, pt, w, mu, want_grad, out, terms, parts):  # pragma: no cover - compiled
+    n = ps.shape[0]
+    for j in prange(parts):
+        _akl_range(zs, zt, k, ps, pt, w, mu, want_grad, out, terms, (n * j) // parts, (n * (j + 1)) // parts)
 
 
 @njit(nogil=True, cache=True, parallel=True)
@@ -174,12 +177,13 @@ def _head_gap_parts(pt, ps, mu, gap, parts):  # pragma: no cover - compiled
         _head_gap_range(pt, ps, mu, gap, (n * k) // parts, (n * (k + 1)) // parts)
 
 
-def akl_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Tensor, mu: float,
+def akl_rows(ls: LogProbs, lt: LogProbs, ps: torch.Tensor, pt: torch.Tensor, mu: float,
              w: torch.Tensor | None, out: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
     """AKL's per-token terms and (if ``w`` is given) its gradient, for one chunk of rows.
 
     Args:
-        ls, lt: (n, V) student / teacher log-probabilities; ps, pt: (n, V) their exps. CPU tensors of one
+        ls, lt: student / teacher log-probabilities, (n, V), or (z, off) with log p = z + off per row
+            (:func:`kdlm.losses.threads.log_parts`); ps, pt: (n, V) the probabilities. CPU tensors of one
             float dtype.
         mu: head mass. w: (n,) weight of each token's AKL in the loss, or None (no gradient).
         out: (n, V), the dtype of ``ls``: receives the gradient of sum_i w_i AKL_i with respect to the
@@ -188,9 +192,9 @@ def akl_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Ten
     Returns:
         (n, 6) float64: per token AKL, head weight, forward KL, reverse KL, total gap, head gap.
     """
-    terms = np.empty((ls.shape[0], 6), dtype=np.float64)
-    args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), as_weights(w), float(mu), w is not None, grad_rows(out, ls))
-    run_rows(_akl_range, _akl_parts, ls.shape[0], *args, terms)
+    terms = np.empty((ps.shape[0], 6), dtype=np.float64)
+    args = (*log_diff(ls, lt), ps.numpy(), pt.numpy(), as_weights(w), float(mu), w is not None, grad_rows(out, ps))
+    run_rows(_akl_range, _akl_parts, ps.shape[0], *args, terms)
     return torch.from_numpy(terms)
 
 

@@ -19,9 +19,9 @@ import torch
 
 from kdlm.losses.decoupled_rows import decoupled_rows
 from kdlm.losses.engine import (
-    NEG_LARGE,
     Kernel,
     Tensor,
+    acquire_workspace,
     check_inputs,
     chunks,
     col,
@@ -29,14 +29,19 @@ from kdlm.losses.engine import (
     counted_rows,
     finish,
     mean_of,
+    release_workspace,
     run,
     scaled,
+    take_rows,
+    uses,
     with_shapes_doc,
 )
-from kdlm.losses.signal import flatten_teacher, teacher_rows
+from kdlm.losses.signal import TeacherInput, flatten_teacher, teacher_rows
 from kdlm.methods import resolve_hparams
 
 __all__ = ["atkd", "dkd", "make_kernel"]
+
+BOTH = ("ls", "lt", "ps", "pt")  # what the kernels read: both models' log-probabilities and probabilities
 
 
 def _log1m_sum(logp: Tensor, p: Tensor, target: Tensor) -> Tensor:
@@ -76,22 +81,22 @@ def make_kernel(setting: str) -> Kernel:
 
     def kernel(ls, lt, target, w, ws, out):
         n = len(target)
-        if ls.device.type == "cpu":  # sums and gradient fused per row
-            ps = torch.exp(ls, out=ws("a", n))  # (n, V)
-            pt = torch.exp(lt, out=ws("b", n))  # (n, V)
+        if ws.device.type == "cpu":  # sums and gradient fused per row, log-probabilities read off the logits
+            ps, pt = ws("ps", n), ws("pt", n)  # (n, V) each, from the engine
             wab = None if w is None else (w["tckd"], w["nckd"])
-            terms = decoupled_rows(ls, lt, ps, pt, target, reverse, wab, out).to(ls.dtype)  # (n, 2)
+            parts = ws.log_parts("ls", n), ws.log_parts("lt", n)
+            terms = decoupled_rows(*parts, ps, pt, target, reverse, wab, out).to(ps.dtype)  # (n, 2)
             return {"tckd": terms[:, 0], "nckd": terms[:, 1]}
-        return on_device(ls, lt, target, w, ws, out)
+        return on_device(ws.log_probs("ls", n), ws.log_probs("lt", n), target, w, ws, out)
 
     def on_device(ls, lt, target, w, ws, out):
         n = len(target)
         tg = col(target)  # (n, 1)
         lgs, lgt = ls.gather(1, tg).squeeze(1), lt.gather(1, tg).squeeze(1)  # (n,) log p[g]
         pgs, pgt = lgs.exp(), lgt.exp()  # (n,)
-        hs = torch.exp(ls, out=ws("a", n))  # (n, V)
+        hs = ws("ps", n)  # (n, V) p_s, from the engine
         l1s = _log1m_sum(ls, hs, target)  # (n,); hs is now phat_s
-        ht = torch.exp(lt, out=ws("b", n))  # (n, V)
+        ht = ws("pt", n)  # (n, V) p_t, from the engine
         l1t = _log1m_sum(lt, ht, target)  # (n,); ht is now phat_t
         d = lt.sub_(ls).scatter_(1, tg, 0.0)  # (n, V) log p_t - log p_s off the target
         if not reverse:
@@ -116,8 +121,8 @@ def make_kernel(setting: str) -> Kernel:
             out.scatter_(1, tg, col(g_tgt))  # (n, V) target entries
         return {"tckd": tckd, "nckd": nckd}
 
-    kernel.on_device = on_device
-    return kernel
+    kernel.on_device = uses(on_device, *BOTH)
+    return uses(kernel, "ps", "pt")
 
 
 @with_shapes_doc
@@ -137,34 +142,33 @@ def dkd(student_logits, teacher_logits, labels, *, stats=None, **hparams) -> Ten
 
 
 def _teacher_uncertainty(
-    flat_t: Tensor, idx: Tensor, target: Tensor, temperature: float, chunk_size: int, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """ATKD's first pass: the teacher's log-normalizer and uncertainty u = 1 - p_t[g] per counted token.
+    flat_t: TeacherInput, idx: Tensor, target: Tensor, temperature: float, chunk_size: int, dtype: torch.dtype, vocab: int
+) -> Tensor:
+    """ATKD's first pass: the teacher's uncertainty u = 1 - p_t[g] per counted token.
 
-    u is taken as -expm1(log p_t[g]) from one logsumexp per chunk. Where that loses relative precision
-    (u < 1e-2, a confident teacher), u is recomputed as the sum of the non-target probabilities (what the
-    reference code sums; no cancellation), so that the median split orders confident tokens correctly.
+    u is the sum of the teacher's non-target probabilities (what the reference code sums; no cancellation
+    when p_t[g] -> 1, so that the median split orders confident tokens correctly), from one softmax per
+    chunk into a reused buffer.
 
     Args:
         flat_t: (B*T, V) teacher logits or (B*T, d) hidden states. idx, target: (N,) counted positions and their targets.
 
     Returns:
-        lse: (N,) logsumexp of the scaled teacher logits; u: (N,) in [0, 1].
+        u: (N,) in [0, 1].
     """
-    lse = torch.empty(idx.numel(), dtype=dtype, device=idx.device)  # (N,)
-    zg = torch.empty(idx.numel(), dtype=dtype, device=idx.device)  # (N,) scaled target logits
+    u = torch.empty(idx.numel(), dtype=dtype, device=idx.device)  # (N,)
+    ws = acquire_workspace(min(chunk_size, max(idx.numel(), 1)), vocab, dtype, idx.device)
     for start, stop, span in chunks(idx, chunk_size):
-        z = scaled(teacher_rows(flat_t, idx[start:stop], span), temperature, dtype, False)  # (n, V)
-        lse[start:stop] = torch.logsumexp(z, -1)
-        zg[start:stop] = z.gather(1, col(target[start:stop])).squeeze(1).clamp_(min=NEG_LARGE)
-    u = -torch.expm1(zg - lse)  # (N,)
-    sharp = (u < 1e-2).nonzero().squeeze(1)  # (M,) positions within idx
-    for start in range(0, sharp.numel(), chunk_size):
-        rows = sharp[start : start + chunk_size]  # (m,)
-        z = scaled(teacher_rows(flat_t, idx[rows], None), temperature, dtype, False)  # (m, V)
-        p = z.sub_(col(lse[rows])).exp_().scatter_(1, col(target[rows]), 0.0)  # (m, V) non-target probs
-        u[rows] = p.sum(-1)  # (m,)
-    return lse, u
+        n = stop - start
+        rows = idx[start:stop]  # (n,)
+        if isinstance(flat_t, Tensor):
+            z_raw = take_rows(flat_t, rows, span, ws("tz", n))  # (n, V)
+        else:
+            z_raw = teacher_rows(flat_t, rows, span, ws("tz", n))  # (n, V) hidden states x output layer
+        p = torch.softmax(scaled(z_raw, temperature, dtype, False, ws("in_t", n)), -1, out=ws("pt", n))  # (n, V)
+        u[start:stop] = p.scatter_(1, col(target[start:stop]), 0.0).sum(-1)  # (n,) non-target mass
+    release_workspace(ws)  # the loss's pass takes it over
+    return u
 
 
 @with_shapes_doc
@@ -187,7 +191,7 @@ def atkd(student_logits, teacher_logits, labels, *, stats=None, **hparams) -> Te
     cdt = compute_dtype(student_logits)
     temp = hp["temperature"]
     flat_t = flatten_teacher(teacher_logits, V)  # (B, T, V) -> (B*T, V) logits, or (B*T, d) hidden states
-    lse, u = _teacher_uncertainty(flat_t, idx, target, temp, hp["chunk_size"], cdt)  # (N,), (N,)
+    u = _teacher_uncertainty(flat_t, idx, target, temp, hp["chunk_size"], cdt, V)  # (N,)
     n = idx.numel()
     if n:
         k = int(math.floor((n - 1) * (1.0 - hp["hard_fraction"])))
@@ -204,7 +208,7 @@ def atkd(student_logits, teacher_logits, labels, *, stats=None, **hparams) -> Te
     coef = {"tckd": w_hard, "nckd": w_easy + w_hard}
     loss, job = run(
         student_logits, teacher_logits, labels, make_kernel(hp["setting"]), coef, temp, hp["chunk_size"],
-        teacher_lse=lse, idx_target=(idx, target),
+        idx_target=(idx, target),
     )
 
     def extra(t: dict[str, Tensor]) -> dict:

@@ -8,6 +8,14 @@ gradient rows of the chunk into one preallocated buffer of the student's shape a
 for the backward pass: working memory beyond inputs and gradient is O(chunk_size x V) (docs/design.md,
 "Losses").
 
+A kernel says which buffers it reads (``kernel.uses``, :func:`uses`): log-probabilities and / or
+probabilities of each model. Probabilities come from one ``softmax`` (whose vectorized exp is cheaper
+than that of ``torch.exp``) and the log-softmax from them with a shift per row (:func:`softmax_and_log`):
+one exp per entry instead of the two of a log-softmax followed by ``exp``; log-probabilities the kernel
+does not read are not stored. When every position counts (the trainer hands the losses ``(1, N, V)``
+logits of the counted positions only), the gradient buffer needs no zeroing; otherwise only the gaps
+between counted rows are zeroed.
+
 A kernel is either hand-derived (the loss and its analytic gradient from a few element-wise passes, as
 every loss in :data:`kdlm.losses.LOSSES` is) or a plain per-token function wrapped by
 :func:`per_token`, whose gradient autograd takes chunk by chunk; :func:`per_token_loss` makes a public
@@ -22,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -38,21 +47,87 @@ Tensor = torch.Tensor
 
 
 class Workspace:
-    """Named (chunk_size, V) buffers in the compute dtype, allocated once per loss call, reused by chunks.
+    """Named (chunk_size, V) buffers in the compute dtype, reused by the chunks of a loss call.
 
     Reusing them (instead of allocating fresh temporaries per chunk) keeps the allocator from mapping and
-    faulting in new pages for every chunk, and bounds working memory to a few chunk-sized buffers.
+    faulting in new pages for every chunk, and bounds working memory to a few chunk-sized buffers. On
+    CPU the last call's workspace is also kept for the next call (:func:`acquire_workspace`): a training
+    step's loss then faults in no new pages for it.
+
+    A log-probability buffer the kernel does not read ("ls" or "lt" outside ``kernel.uses``) is made only
+    if asked for (:meth:`log_probs`), from the chunk's scaled logits and the per-row log-normalizer the
+    engine keeps (:meth:`defer_log`).
     """
 
     def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device):
         self.rows, self.vocab, self.dtype, self.device = rows, vocab, dtype, device
         self._bufs: dict[str, Tensor] = {}
+        self._deferred: dict[str, tuple[Tensor, Tensor, Tensor]] = {}  # name -> (z, ref, c)
 
     def __call__(self, name: str, n: int) -> Tensor:
         """The first ``n`` rows of buffer ``name``: (n, V)."""
         if name not in self._bufs:
             self._bufs[name] = torch.empty(self.rows, self.vocab, dtype=self.dtype, device=self.device)
         return self._bufs[name][:n]  # (chunk_size, V) -> (n, V)
+
+    def defer_log(self, name: str, z: Tensor, ref: Tensor, c: Tensor) -> None:
+        """Keep what :meth:`log_probs` needs to make ``name`` = (z - ref) + c later: z (n, V), ref, c (n, 1)."""
+        self._deferred[name] = (z, ref, c)
+
+    def log_probs(self, name: str, n: int) -> Tensor:
+        """The chunk's log-probabilities ``name`` ("ls", "lt"): (n, V), made now if they were deferred."""
+        if name in self._deferred:
+            z, ref, c = self._deferred.pop(name)
+            torch.sub(z, ref, out=self(name, n)).add_(c)  # (n, V)
+        return self(name, n)
+
+    def log_parts(self, name: str, n: int) -> tuple[Tensor, Tensor]:
+        """The chunk's log-probabilities ``name`` without storing them: (z, off) with log p = z + off per row,
+        z (n, V) the scaled logits, off (n,) float64 minus their logsumexp; to be added in float64.
+
+        Stored log-probabilities come as (log p, 0), as do deferred ones whose reference logit is so large
+        (e.g. a row of NEG_LARGE only) that z + off would lose them (then they are stored now).
+        """
+        if name in self._deferred:
+            z, ref, c = self._deferred[name]
+            if self.device.type == "cpu":  # numpy: cheaper than torch for (n,) vectors
+                r, c_ = ref.numpy().astype(np.float64).reshape(n), c.numpy().astype(np.float64).reshape(n)
+                if np.all(np.abs(r) <= _FOLD_MAX):
+                    return z, torch.from_numpy(c_ - r)  # (n,)
+            elif bool((ref.abs() <= _FOLD_MAX).all()):
+                return z, (c.to(torch.float64) - ref.to(torch.float64)).reshape(n)  # (n,)
+            self.log_probs(name, n)
+        return self(name, n), torch.zeros(n, dtype=torch.float64, device=self.device)
+
+    def next_chunk(self) -> None:
+        """Forget the previous chunk's deferred log-probabilities."""
+        self._deferred.clear()
+
+
+_FOLD_MAX = 2.0**20  # |z[j]| up to which z + (log p[j] - z[j]) in float64 is off by at most 2**-32
+_KEPT: list[Workspace] = []  # the last CPU workspace, kept for the next loss call
+
+
+def acquire_workspace(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> Workspace:
+    """A workspace of at least ``rows`` rows: on CPU the kept one when it fits, else a new one.
+
+    Taken out of the keep while in use, so that two calls at once never share one.
+    """
+    if device.type == "cpu":
+        try:
+            ws = _KEPT.pop()
+        except IndexError:  # none kept (or another thread took it)
+            ws = None
+        if ws is not None and ws.rows >= rows and (ws.vocab, ws.dtype, ws.device) == (vocab, dtype, device):
+            return ws
+    return Workspace(rows, vocab, dtype, device)
+
+
+def release_workspace(ws: Workspace) -> None:
+    """Keep ``ws`` (CPU only) for the next loss call, in place of any kept before."""
+    if ws.device.type == "cpu":
+        ws.next_chunk()  # no reference to the call's tensors stays behind
+        _KEPT[:] = [ws]
 
 
 # A kernel maps one chunk's log-probabilities to per-token terms and writes the gradient of the chunk's
@@ -62,15 +137,64 @@ class Workspace:
 #   target: (n,) int64 target token ids.
 #   w: term -> (n,) weight of that term in the loss, already divided by the temperature, or None when no
 #      gradient is wanted.
-#   ws: the workspace, for temporaries (names other than "ls", "lt", "in", "out").
+#   ws: the workspace, for temporaries (names other than "ls", "lt", "ps", "pt", "in", "in_t", "zs", "tz",
+#       "out").
 #   out: (n, V) where to write the gradient of sum_k sum_i w[k][i] * terms[k][i] with respect to the
 #        student's *scaled* logits (None when w is None).
 # It returns terms: a name -> (n,) per-token values.
+# ``kernel.uses`` (optional, see :func:`uses`): the buffers the kernel reads, among "ls", "lt" (the
+# log-probabilities, passed as ``ls`` / ``lt``) and "ps", "pt" (the probabilities, which the engine fills
+# into ws("ps", n) = exp(ls), ws("pt", n) = exp(lt) before the call); the kernel may overwrite them.
+# Without it: ("ls", "lt"). Log-probabilities not in it come as None; ws.log_probs("ls", n) makes them
+# when needed after all (e.g. for the rare entries where a mixture underflows).
 # A kernel whose CPU path is fused per row (numba, the family's ``*_rows`` module) keeps its tensor-op
 # version, the one that runs on other devices, as ``kernel.on_device``.
 Kernel = Callable[
     [Tensor, Tensor | None, Tensor, dict[str, Tensor] | None, Workspace, Tensor | None], dict[str, Tensor]
 ]
+BUFFERS = ("ls", "lt", "ps", "pt")  # what a kernel may ask the engine for
+DEFAULT_USES = ("ls", "lt")
+
+
+def uses(kernel: Kernel, *names: str) -> Kernel:
+    """Mark ``kernel`` as reading the buffers ``names`` (of :data:`BUFFERS`); returns it.
+
+    The engine makes only those: probabilities and log-probabilities together from one softmax per
+    model (:func:`softmax_and_log`), where a kernel taking ``exp`` of the log-softmax would pay a second
+    exp per entry (and torch's ``exp`` is slower than the one inside ``softmax``); a log-probability
+    the kernel does not read costs two light passes less.
+    """
+    if not set(names) <= set(BUFFERS):
+        raise ValueError(f"kernel buffers are {BUFFERS}, got {names}")
+    kernel.uses = tuple(names)
+    return kernel
+
+
+def softmax_and_log(z: Tensor, log_p: Tensor | None, p: Tensor, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Probabilities of the rows of ``z`` (n, V) into ``p`` and their log-probabilities into ``log_p``, one softmax.
+
+    ``p`` = softmax(z); ``log_p`` = (z - z[j]) + log p[j], the log-normalizer read off one entry j per
+    row: the target's (``target`` (n,)) where its probability is a normal float well above underflow (one
+    gather), else the largest (two maxima; max p >= 1/V). So one exp per entry (the softmax's), where
+    log_softmax followed by exp takes two; the arithmetic of ``log_p`` is log_softmax's (a difference of
+    logits, then the log-normalizer). With ``log_p`` None only ``p`` is written.
+
+    Returns:
+        (z[j], log p[j]), each (n, 1): ``log_p`` = (z - z[j]) + log p[j].
+    """
+    torch.softmax(z, -1, out=p)  # (n, V)
+    ref = c = None
+    if target is not None:
+        tg = col(target)  # (n, 1)
+        pg = p.gather(1, tg)  # (n, 1)
+        if bool((pg >= torch.finfo(p.dtype).tiny * 2.0**10).all()):
+            ref, c = z.gather(1, tg), pg.log_()  # (n, 1) each
+    if ref is None:
+        ref = z.amax(-1, keepdim=True)  # (n, 1)
+        c = p.amax(-1, keepdim=True).log_()  # (n, 1) log max p = max z - logsumexp(z)
+    if log_p is not None:
+        torch.sub(z, ref, out=log_p).add_(c)  # (n, V)
+    return ref, c
 
 
 @dataclass
@@ -83,7 +207,6 @@ class _Job:
     coef: dict[str, Tensor]  # term -> (N,) weight of that term in the loss
     temperature: float
     chunk_size: int
-    teacher_lse: Tensor | None = None  # (N,) logsumexp of the scaled teacher logits, if precomputed
     teacher: HiddenStates | None = None  # the teacher as hidden states (not a tensor autograd could save)
     terms: dict[str, Tensor] = field(default_factory=dict)  # filled: term -> (N,) per-token values
 
@@ -143,9 +266,16 @@ def chunks(idx: Tensor, chunk_size: int) -> list[tuple[int, int, tuple[int, int]
     return out
 
 
-def take_rows(flat: Tensor, idx: Tensor, span: tuple[int, int] | None) -> Tensor:
-    """Rows of ``flat`` (B*T, V) at ``idx`` (n,): a view when contiguous, else a gathered (n, V) copy."""
-    return flat[span[0] : span[1]] if span is not None else flat.index_select(0, idx)  # (n, V)
+def take_rows(flat: Tensor, idx: Tensor, span: tuple[int, int] | None, out: Tensor | None = None) -> Tensor:
+    """Rows of ``flat`` (B*T, V) at ``idx`` (n,): a view when contiguous, else a gathered (n, V) copy.
+
+    The copy goes into ``out`` (n, V) when it is given and of ``flat``'s dtype (no fresh allocation per chunk).
+    """
+    if span is not None:
+        return flat[span[0] : span[1]]  # (n, V)
+    if out is not None and out.dtype == flat.dtype:
+        return torch.index_select(flat, 0, idx, out=out)  # (n, V)
+    return flat.index_select(0, idx)  # (n, V)
 
 
 def scaled(z: Tensor, temperature: float, dtype: torch.dtype, clamp: bool, buf: Tensor | None = None) -> Tensor:
@@ -159,6 +289,38 @@ def scaled(z: Tensor, temperature: float, dtype: torch.dtype, clamp: bool, buf: 
     if clamp:
         out.clamp_(min=NEG_LARGE)
     return out if temperature == 1.0 else out.div_(temperature)
+
+
+def _model(z: Tensor, ws: Workspace, n: int, log_name: str, prob_name: str, used: tuple[str, ...],
+           target: Tensor) -> Tensor | None:  # fmt: skip
+    """One model's buffers for the kernel from its scaled logits ``z`` (n, V); returns its log-probabilities.
+
+    Probabilities (ws(prob_name)) only when used; log-probabilities (ws(log_name)) made when used, else
+    deferred (None is returned).
+    """
+    if prob_name in used:
+        log_p = ws(log_name, n) if log_name in used else None
+        ref, c = softmax_and_log(z, log_p, ws(prob_name, n), target)
+        if log_p is None:
+            ws.defer_log(log_name, z, ref, c)
+        return log_p
+    return torch.log_softmax(z, -1, out=ws(log_name, n))  # (n, V)
+
+
+def zero_uncounted(grad: Tensor, idx: Tensor) -> None:
+    """Zero the rows of ``grad`` (B*T, V) that are not in ``idx`` (N,) ascending: the gaps between counted rows.
+
+    Nothing to do when every row counts (the trainer's (1, N, V) logits); prompt and padding are runs of
+    rows, each zeroed with one fill.
+    """
+    rows = grad.shape[0]
+    if idx.numel() == rows:
+        return
+    prev = 0
+    for pos in idx.tolist() + [rows]:
+        if pos > prev:
+            grad[prev:pos].zero_()  # (gap, V)
+        prev = pos + 1
 
 
 def _compute(student_logits: Tensor, teacher_logits: TeacherInput | None, job: _Job, want_grad: bool):
@@ -180,14 +342,12 @@ def _compute(student_logits: Tensor, teacher_logits: TeacherInput | None, job: _
     grad = None
     if want_grad:
         grad = torch.empty_like(flat_s)  # (B*T, V)
-        if job.idx.numel() < flat_s.shape[0]:
-            skipped = torch.ones(flat_s.shape[0], dtype=torch.bool, device=flat_s.device)  # (B*T,)
-            skipped[job.idx] = False
-            grad[skipped] = 0  # (B*T - N, V) rows of uncounted tokens
+        zero_uncounted(grad, job.idx)
     total = torch.zeros((), dtype=cdt, device=student_logits.device)
     pieces: dict[str, list[Tensor]] = {}
     temp = job.temperature
-    ws = Workspace(min(job.chunk_size, max(job.idx.numel(), 1)), V, cdt, student_logits.device)
+    used = getattr(job.kernel, "uses", DEFAULT_USES)
+    ws = acquire_workspace(min(job.chunk_size, max(job.idx.numel(), 1)), V, cdt, student_logits.device)
     for start, stop, span in chunks(job.idx, job.chunk_size):
         n = stop - start
         idx_c = job.idx[start:stop]  # (n,)
@@ -195,16 +355,21 @@ def _compute(student_logits: Tensor, teacher_logits: TeacherInput | None, job: _
         w = {k: v[start:stop] / temp for k, v in job.coef.items()} if want_grad else None  # (n,) each
         direct = grad is not None and span is not None and grad.dtype == cdt
         out = None if w is None else grad[span[0] : span[1]] if direct else ws("out", n)  # (n, V)
-        zs_raw = take_rows(flat_s, idx_c, span)  # (n, V)
-        zt_raw = None if flat_t is None else teacher_rows(flat_t, idx_c, span, ws("tz", n))  # (n, V)
-        lse = None if job.teacher_lse is None else job.teacher_lse[start:stop, None]  # (n, 1)
+        zs_raw = take_rows(flat_s, idx_c, span, ws("zs", n))  # (n, V)
+        zt_raw = None
+        if isinstance(flat_t, Tensor):
+            zt_raw = take_rows(flat_t, idx_c, span, ws("tz", n))  # (n, V)
+        elif flat_t is not None:
+            zt_raw = teacher_rows(flat_t, idx_c, span, ws("tz", n))  # (n, V) hidden states x output layer
         for clamp in (False, True):
-            ls = torch.log_softmax(scaled(zs_raw, temp, cdt, clamp, ws("in", n)), -1, out=ws("ls", n))  # (n, V)
+            ws.next_chunk()
+            zs = scaled(zs_raw, temp, cdt, clamp, ws("in", n))  # (n, V)
+            ls = _model(zs, ws, n, "ls", "ps", used, tgt)
             lt = None
             if zt_raw is not None:
-                zt = scaled(zt_raw, temp, cdt, clamp, ws("in", n))  # (n, V)
-                lt = ws("lt", n)  # (n, V)
-                torch.log_softmax(zt, -1, out=lt) if lse is None else torch.sub(zt, lse, out=lt)
+                # the student's scaled logits stay in "in" while its log-probabilities are deferred
+                zt = scaled(zt_raw, temp, cdt, clamp, ws("in" if ls is not None else "in_t", n))  # (n, V)
+                lt = _model(zt, ws, n, "lt", "pt", used, tgt)
             terms = job.kernel(ls, lt, tgt, w, ws, out)
             if all(bool(torch.isfinite(t).all()) for t in terms.values()):
                 break  # -inf logits make 0 * log 0 = nan; retry with them clamped
@@ -217,6 +382,7 @@ def _compute(student_logits: Tensor, teacher_logits: TeacherInput | None, job: _
                 grad[span[0] : span[1]].copy_(out)  # (n, V) rows, cast to the input dtype
             else:
                 grad.index_copy_(0, idx_c, out.to(grad.dtype))  # (n, V) rows
+    release_workspace(ws)
     job.terms = {k: torch.cat(v) for k, v in pieces.items()}  # term -> (N,)
     return total, grad
 
@@ -263,7 +429,6 @@ def run(
     coef: dict[str, float] | dict[str, Tensor],
     temperature: float,
     chunk_size: int,
-    teacher_lse: Tensor | None = None,
     idx_target: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, _Job]:
     """Gather counted rows, build per-row term weights and run the chunked Function.
@@ -282,7 +447,7 @@ def run(
         n = max(idx.numel(), 1)
         coef = {k: torch.full((idx.numel(),), v / n, dtype=cdt, device=idx.device) for k, v in coef.items()}
     hidden = teacher_logits if isinstance(teacher_logits, HiddenStates) else None
-    job = _Job(kernel, idx, target, coef, float(temperature), int(chunk_size), teacher_lse, hidden)
+    job = _Job(kernel, idx, target, coef, float(temperature), int(chunk_size), hidden)
     loss = _ChunkedLoss.apply(student_logits, None if hidden is not None else teacher_logits, job)
     return loss, job
 

@@ -14,19 +14,23 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kdlm.losses.threads import SUMS, as_weights, grad_rows, run_rows
+from kdlm.losses.threads import SUMS, LogProbs, as_weights, grad_rows, log_parts, run_rows
 
-__all__ = ["mix_rows", "row_grad", "row_sums", "tvd_rows"]
+__all__ = ["log_diff", "mix_rows", "row_grad", "row_sums", "tvd_rows"]
 
 
 @njit(nogil=True, cache=True, fastmath=SUMS)
-def row_sums(ls, lt, ps, pt):  # pragma: no cover - compiled
-    """-sum p_t d, sum p_s d, sum |p_t - p_s| with d = log p_s - log p_t, accumulated in float64."""
+def row_sums(zs, zt, k, ps, pt):  # pragma: no cover - compiled
+    """-sum p_t d, sum p_s d, sum |p_t - p_s| with d = log p_s - log p_t = zs - zt + k, accumulated in float64.
+
+    zs, zt: the rows' log-probabilities up to a constant each (the scaled logits, or the log-probabilities
+    with k = 0); k: the difference of those constants, float64.
+    """
     fkl = 0.0
     rkl = 0.0
     gap = 0.0
-    for v in range(ls.shape[0]):
-        d = np.float64(ls[v]) - np.float64(lt[v])
+    for v in range(zs.shape[0]):
+        d = (np.float64(zs[v]) - np.float64(zt[v])) + k
         fkl -= pt[v] * d
         rkl += ps[v] * d
         gap += abs(np.float64(pt[v]) - np.float64(ps[v]))
@@ -34,23 +38,23 @@ def row_sums(ls, lt, ps, pt):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True, fastmath=SUMS)
-def row_grad(ls, lt, ps, pt, cr, c1, cf, out):  # pragma: no cover - compiled
-    """cf (p_s - p_t) + cr p_s (d - rkl) = p_s (cr d + c1) - cf p_t, c1 = cf - cr rkl."""
-    for v in range(ls.shape[0]):
-        out[v] = ps[v] * (cr * (ls[v] - lt[v]) + c1) - cf * pt[v]
+def row_grad(zs, zt, ps, pt, cr, c1, cf, out):  # pragma: no cover - compiled
+    """cf (p_s - p_t) + cr p_s (d - rkl) = p_s (cr (zs - zt) + c1) - cf p_t, c1 = cf - cr (rkl - k)."""
+    for v in range(zs.shape[0]):
+        out[v] = ps[v] * (cr * (zs[v] - zt[v]) + c1) - cf * pt[v]
 
 
 @njit(nogil=True, cache=True)
-def _mix_range(ls, lt, ps, pt, wf, wr, want_grad, out, terms, lo, hi):  # pragma: no cover - compiled
+def _mix_range(zs, zt, k, ps, pt, wf, wr, want_grad, out, terms, lo, hi):  # pragma: no cover - compiled
     """Rows lo..hi-1: terms[i] = (forward KL, reverse KL); out[i] = gradient of wf KL_f + wr KL_r."""
-    one = ls.dtype.type(1.0)
+    one = ps.dtype.type(1.0)
     for i in range(lo, hi):
-        fkl, rkl, _ = row_sums(ls[i], lt[i], ps[i], pt[i])
+        fkl, rkl, _ = row_sums(zs[i], zt[i], k[i], ps[i], pt[i])
         terms[i, 0] = fkl
         terms[i, 1] = rkl
         if want_grad:
             cf, cr = wf[i], wr[i]
-            row_grad(ls[i], lt[i], ps[i], pt[i], one * cr, one * (cf - cr * rkl), one * cf, out[i])
+            row_grad(zs[i], zt[i], ps[i], pt[i], one * cr, one * (cf - cr * (rkl - k[i])), one * cf, out[i])
 
 
 @njit(nogil=True, cache=True, fastmath=SUMS)
@@ -78,18 +82,25 @@ def _tvd_parts(ps, pt, w, want_grad, out, terms, parts):  # pragma: no cover - c
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def _mix_parts(ls, lt, ps, pt, wf, wr, want_grad, out, terms, parts):  # pragma: no cover - compiled
-    n = ls.shape[0]
-    for k in prange(parts):
-        _mix_range(ls, lt, ps, pt, wf, wr, want_grad, out, terms, (n * k) // parts, (n * (k + 1)) // parts)
+def _mix_parts(zs, zt, k, ps, pt, wf, wr, want_grad, out, terms, parts):  # pragma: no cover - compiled
+    n = ps.shape[0]
+    for j in prange(parts):
+        _mix_range(zs, zt, k, ps, pt, wf, wr, want_grad, out, terms, (n * j) // parts, (n * (j + 1)) // parts)
 
 
-def mix_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Tensor,
+def log_diff(ls: LogProbs, lt: LogProbs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(zs, zt, k) as numpy with log p_s - log p_t = zs - zt + k per row (k (n,) float64)."""
+    (zs, os), (zt, ot) = log_parts(ls), log_parts(lt)
+    return zs, zt, os - ot
+
+
+def mix_rows(ls: LogProbs, lt: LogProbs, ps: torch.Tensor, pt: torch.Tensor,
              w: tuple[torch.Tensor, torch.Tensor] | None, out: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
     """Forward and reverse KL per token and (if ``w`` is given) the gradient of their weighted sum.
 
     Args:
-        ls, lt: (n, V) student / teacher log-probabilities; ps, pt: (n, V) their exps. CPU tensors of one
+        ls, lt: student / teacher log-probabilities, (n, V), or (z, off) with log p = z + off per row
+            (:func:`kdlm.losses.threads.log_parts`); ps, pt: (n, V) the probabilities. CPU tensors of one
             float dtype.
         w: ((n,), (n,)) weights of each token's forward and reverse KL in the loss, or None.
         out: (n, V), the dtype of ``ls``: receives the gradient with respect to the student's scaled logits.
@@ -97,10 +108,10 @@ def mix_rows(ls: torch.Tensor, lt: torch.Tensor, ps: torch.Tensor, pt: torch.Ten
     Returns:
         (n, 2) float64: per token forward KL, reverse KL.
     """
-    terms = np.empty((ls.shape[0], 2), dtype=np.float64)
+    terms = np.empty((ps.shape[0], 2), dtype=np.float64)
     wf, wr = (None, None) if w is None else w
-    args = (ls.numpy(), lt.numpy(), ps.numpy(), pt.numpy(), as_weights(wf), as_weights(wr), w is not None)
-    run_rows(_mix_range, _mix_parts, ls.shape[0], *args, grad_rows(out, ls), terms)
+    args = (*log_diff(ls, lt), ps.numpy(), pt.numpy(), as_weights(wf), as_weights(wr), w is not None)
+    run_rows(_mix_range, _mix_parts, ps.shape[0], *args, grad_rows(out, ps), terms)
     return torch.from_numpy(terms)
 
 

@@ -9,54 +9,98 @@ torch takes log m (:func:`log_mix_p`); on CPU the sums and the gradient then run
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from kdlm.losses import skew_rows
-from kdlm.losses.engine import Kernel, Tensor, check_inputs, col, dot_, finish, run, with_shapes_doc
+from kdlm.losses.engine import (
+    Kernel,
+    Tensor,
+    check_inputs,
+    col,
+    dot_,
+    finish,
+    run,
+    uses,
+    with_shapes_doc,
+)
 from kdlm.losses.kl import forward_kl, reverse_kl
 from kdlm.methods import resolve_hparams
 
 __all__ = ["gjsd", "log_mix_p", "make_gjsd", "make_skl", "make_srkl", "skl", "srkl"]
 
 
-def log_mix_p(la: Tensor, lb: Tensor, pa: Tensor, pb: Tensor, a: float, out: Tensor) -> Tensor:
-    """log(a * p_a + (1 - a) * p_b) into ``out`` from both log-probabilities and probabilities.
+def log_mix_p(la: LazyLogProbs, lb: LazyLogProbs, pa: Tensor, pb: Tensor, a: float, out: Tensor) -> Tensor:
+    """log(a * p_a + (1 - a) * p_b) into ``out`` from both probabilities (and log-probabilities where needed).
 
     One lerp and one log where the mixture is a normal float (cheaper than logaddexp's exp and log1p per
-    entry); log space (logaddexp) on the entries where it underflows, e.g. far-out or -inf logits.
+    entry); log space (logaddexp) on the entries where it underflows, e.g. far-out or -inf logits. ``la``
+    and ``lb``, the log-probabilities, may be given as functions that make them: they are needed only
+    there (and for ``a`` at 0 or 1).
     """
     if a <= 0.0:
-        return out.copy_(lb)
+        return out.copy_(_made(lb))
     if a >= 1.0:
-        return out.copy_(la)
+        return out.copy_(_made(la))
     torch.lerp(pb, pa, a, out=out)  # (n, V) a p_a + (1 - a) p_b
     tiny = torch.finfo(out.dtype).tiny
     if not bool(out.amin() < tiny):
-        return out.log_()
+        return _log_(out)
     low = out < tiny  # (n, V) the few underflowing entries
-    out.log_()
-    out[low] = torch.logaddexp(la[low] + math.log(a), lb[low] + math.log1p(-a))
+    with np.errstate(divide="ignore"):  # log 0 = -inf there, replaced below
+        _log_(out)
+    out[low] = torch.logaddexp(_made(la)[low] + math.log(a), _made(lb)[low] + math.log1p(-a))
     return out
+
+
+def _log_(x: Tensor) -> Tensor:
+    """log of ``x`` in place: numpy's on CPU (its vectorized log takes about half the time of torch's
+    on two threads, in one thread, at the same accuracy), torch's elsewhere."""
+    if x.device.type != "cpu" or not x.is_contiguous():
+        return x.log_()
+    a = x.numpy()
+    np.log(a, out=a)
+    return x
+
+
+LazyLogProbs = Tensor | Callable[[], Tensor]  # (n, V) log-probabilities, or a function that makes them
+
+
+def _made(x: LazyLogProbs) -> Tensor:
+    return x if isinstance(x, Tensor) else x()
+
+
+ALL = ("ls", "lt", "ps", "pt")
 
 
 def _with_cpu_rows(on_device: Kernel, kind: str, term: str, a: float, mix_first: bool) -> Kernel:
     """A mixture divergence: on CPU its sums and gradient fused per row (:mod:`kdlm.losses.skew_rows`),
-    after torch's exps and log m; elsewhere ``on_device``'s tensor ops. ``mix_first``: m weighs p_t by
-    ``a``."""
+    after torch's log m; elsewhere ``on_device``'s tensor ops. ``mix_first``: m weighs p_t by ``a``.
+
+    On CPU the engine stores only the probabilities; the row functions read the log-probabilities off the
+    scaled logits and one number per row (:meth:`kdlm.losses.engine.Workspace.log_parts`), and they are
+    stored only if log m underflows somewhere (its log-space fallback reads them).
+    """
 
     def kernel(ls, lt, target, w, ws, out):
-        if ls.device.type != "cpu":
-            return on_device(ls, lt, target, w, ws, out)
         n = len(target)
-        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
-        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
-        lm = log_mix_p(lt, ls, pt, ps, a, ws("c", n)) if mix_first else log_mix_p(ls, lt, ps, pt, a, ws("c", n))  # (n, V)
+        get_s = ls if ls is not None else lambda: ws.log_probs("ls", n)
+        get_t = lt if lt is not None else lambda: ws.log_probs("lt", n)
+        if ws.device.type != "cpu":
+            return on_device(_made(get_s), _made(get_t), target, w, ws, out)
+        ps, pt = ws("ps", n), ws("pt", n)  # (n, V) each, from the engine
+        if mix_first:
+            lm = log_mix_p(get_t, get_s, pt, ps, a, ws("c", n))  # (n, V)
+        else:
+            lm = log_mix_p(get_s, get_t, ps, pt, a, ws("c", n))  # (n, V)
+        ls_, lt_ = ws.log_parts("ls", n), ws.log_parts("lt", n)
         wt = None if w is None else w[term]
-        return {term: skew_rows.skew_rows(getattr(skew_rows, kind), ls, lt, ps, pt, lm, a, wt, out).to(ls.dtype)}
+        return {term: skew_rows.skew_rows(getattr(skew_rows, kind), ls_, lt_, ps, pt, lm, a, wt, out).to(ps.dtype)}
 
-    kernel.on_device = on_device
-    return kernel
+    kernel.on_device = uses(on_device, *ALL)
+    return uses(kernel, "ps", "pt")
 
 
 def make_gjsd(beta: float) -> Kernel:
@@ -66,8 +110,7 @@ def make_gjsd(beta: float) -> Kernel:
         d/dz_s = (1-beta) p_s (f - <p_s, f>), f = log p_s - log m.
         """
         n = len(target)
-        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
-        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
+        ps, pt = ws("ps", n), ws("pt", n)  # (n, V) each, from the engine
         lm = log_mix_p(lt, ls, pt, ps, beta, ws("c", n))  # (n, V) log m
         kt = dot_(lt.sub_(lm), pt)  # (n,) KL(p_t || m)
         f = ls.sub_(lm)  # (n, V) log p_s - log m
@@ -83,8 +126,7 @@ def make_skl(alpha: float) -> Kernel:
     def kernel(ls, lt, target, w, ws, out):
         """KL(p_t || m), m = alpha p_t + (1-alpha) p_s; d/dz_s = -(1-alpha) p_s (r - <p_s, r>), r = p_t/m."""
         n = len(target)
-        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
-        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
+        ps, pt = ws("ps", n), ws("pt", n)  # (n, V) each, from the engine
         lm = log_mix_p(lt, ls, pt, ps, alpha, ws("c", n))  # (n, V) log m
         r = lt.sub_(lm)  # (n, V) log p_t - log m
         kl = torch.mul(pt, r, out=lm).sum(-1)  # (n,)
@@ -101,8 +143,7 @@ def make_srkl(alpha: float) -> Kernel:
     def kernel(ls, lt, target, w, ws, out):
         """KL(p_s || m), m = (1-alpha) p_t + alpha p_s; d/dz_s = p_s (f - <p_s, f>), f = log(p_s/m) - alpha p_s/m."""
         n = len(target)
-        pt = torch.exp(lt, out=ws("a", n))  # (n, V)
-        ps = torch.exp(ls, out=ws("b", n))  # (n, V)
+        ps, pt = ws("ps", n), ws("pt", n)  # (n, V) each, from the engine
         lm = log_mix_p(ls, lt, ps, pt, alpha, ws("c", n))  # (n, V) log m
         f = ls.sub_(lm)  # (n, V) log p_s - log m
         kl = torch.mul(ps, f, out=lm).sum(-1)  # (n,)

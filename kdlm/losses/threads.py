@@ -4,8 +4,9 @@ On CPU, a loss takes each chunk's log-softmaxes and exps with torch (its vectori
 faster than numba's scalar ones) and hands the rest, the sums over the vocabulary and the gradient, to
 one compiled function per row (the ``*_rows`` modules beside each family). That function makes two
 passes over the row's log-probability and probability vectors while they sit in the core's cache, where
-element-wise tensor ops make a dozen passes over chunk-sized buffers. forward, reverse and sft stay
-tensor ops on CPU too: few passes, already close to the floor.
+element-wise tensor ops make a dozen passes over chunk-sized buffers. The log-probabilities are mostly
+not stored: a row function reads them as the scaled logits plus one number per row (:func:`log_parts`).
+sft stays a tensor op on CPU too: few passes, already close to the floor.
 
 Rows are split over ``torch.get_num_threads()`` threads when numba's OpenMP layer shares torch's OpenMP
 runtime (:func:`parts_for`), else they run in the calling thread. Compiled code is cached on disk by
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-__all__ = ["SUMS", "as_weights", "grad_rows", "parts_for", "run_rows"]
+__all__ = ["SUMS", "LogProbs", "as_weights", "grad_rows", "log_parts", "parts_for", "run_rows"]
 
 SUMS = {"reassoc", "contract"}  # fastmath flags: sums may be reordered to vectorize; NaN and inf keep their meaning
 
@@ -80,6 +81,19 @@ def as_weights(w: torch.Tensor | None) -> np.ndarray:
 def grad_rows(out: torch.Tensor | None, like: torch.Tensor) -> np.ndarray:
     """The gradient rows as numpy, or a (1, 1) placeholder of ``like``'s dtype when none is wanted."""
     return np.zeros((1, 1), dtype=like.numpy().dtype) if out is None else out.numpy()
+
+
+LogProbs = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (n, V) log-probabilities, or (z, off): z + off
+
+
+def log_parts(x: LogProbs) -> tuple[np.ndarray, np.ndarray]:
+    """A model's log-probabilities for the row functions: (z, off) as numpy, off (n,) float64, with
+    log p = z + off per row taken in float64 (:meth:`kdlm.losses.engine.Workspace.log_parts`: the scaled
+    logits and minus their logsumexp, no pass stores log p); stored log-probabilities come as (ls, 0)."""
+    if isinstance(x, torch.Tensor):
+        return x.numpy(), np.zeros(x.shape[0])
+    z, off = x
+    return z.numpy(), off.to(torch.float64).contiguous().numpy()
 
 
 def run_rows(serial, parallel, n: int, *args) -> None:

@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 import kdlm
 from kdlm.losses import HPARAMS, IGNORE_INDEX, LOSSES, akl, decoupled, kl, skew, validate_hparams
 from kdlm.losses.akl_rows import head_gap
-from kdlm.losses.engine import per_token, per_token_loss, run
+from kdlm.losses.engine import NEG_LARGE, per_token, per_token_loss, run, softmax_and_log
 from kdlm.losses.reference import REFERENCE, _prep
 from kdlm.losses.reference import _tckd_nckd as _ref_tckd_nckd
+from kdlm.losses.signal import HiddenStates
 from kdlm.methods import LOSS_NAMES
 
 KD_LOSSES = [name for name in LOSSES if name != "sft"]
@@ -137,6 +138,67 @@ def test_teacher_gets_no_gradient_and_grad_output_scales():
         gs, gt = torch.autograd.grad(total, (s, t), allow_unused=True)
         assert gt is None
         torch.testing.assert_close(gs, 3.0 * g1 + 2 * s.detach())
+
+
+@pytest.mark.parametrize(("name", "hp"), VARIANTS, ids=IDS)
+def test_counted_rows_equal_the_masked_batch(name, hp):
+    # the trainer hands the losses (1, N, V) logits of the counted positions only: the same loss, and the
+    # gradient rows of the masked (B, T, V) batch at the counted positions (the rest are zeros)
+    s, t, y = _batch(B=3, T=7, n_ignored=8)
+    counted = y != IGNORE_INDEX
+    rows = s.detach()[counted][None].clone().requires_grad_()  # (1, N, V)
+    for chunk in (1, 4, 10_000):
+        whole, g_whole = _value_and_grad(LOSSES[name], s, t, y, chunk_size=chunk, **hp)
+        got, g_got = _value_and_grad(LOSSES[name], rows, t[counted][None], y[counted][None], chunk_size=chunk, **hp)
+        torch.testing.assert_close(got, whole, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(g_got[0], g_whole[counted], rtol=1e-12, atol=1e-14)
+        assert torch.equal(g_whole[~counted], torch.zeros_like(g_whole[~counted]))
+
+
+@pytest.mark.parametrize("name", KD_LOSSES)
+@pytest.mark.parametrize("layout", ["masked", "counted"])
+def test_teacher_as_hidden_states_equals_its_logits(name, layout):
+    # the teacher given as hidden states x output layer (a chunk of logits at a time) gives the loss and
+    # gradient of its logits, with contiguous and gathered chunks (masked rows) alike
+    B, T, V, d = 3, 7, 13, 5
+    s, _, y = _batch(B=B, T=T, V=V, n_ignored=8)
+    hidden = torch.randn(B, T, d, dtype=torch.float64)
+    weight = torch.randn(V + 3, d, dtype=torch.float64)  # a padded output layer: rows past V are cut
+    bias = torch.randn(V + 3, dtype=torch.float64)
+    if layout == "counted":
+        counted = y != IGNORE_INDEX
+        s, hidden, y = s.detach()[counted][None].clone().requires_grad_(), hidden[counted][None], y[counted][None]
+    logits = hidden @ weight[:V].T + bias[:V]  # (., ., V)
+    for b in (bias, None):
+        t = logits if b is not None else logits - bias[:V]
+        want, g_want = _value_and_grad(LOSSES[name], s, t, y, chunk_size=4)
+        got, g_got = _value_and_grad(LOSSES[name], s, HiddenStates(hidden, weight, b, V), y, chunk_size=4)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softmax_and_log_match_log_softmax(dtype):
+    # the engine's one-softmax probabilities and log-probabilities, also with -inf entries and a row of
+    # NEG_LARGE only (what the -inf retry makes of an all -inf row)
+    z = torch.randn(6, 50, dtype=dtype) * 4
+    z[1, :10] = -math.inf
+    z[2, 3] = 200.0
+    z[3, :] = NEG_LARGE
+    z[4] *= 100
+    tol = {"rtol": 1e-6, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-13, "atol": 1e-12}
+    # the log-normalizer read off the largest entry (no target), off the targets' entries (rows whose
+    # targets' probabilities are normal floats), and off the largest where one underflows (row 1's target
+    # has a -inf logit)
+    good = torch.tensor([5, 12, 3, 7])  # rows 0-3
+    cases = [(z, None, z.amax(-1, keepdim=True)), (z[:4], good, z[:4].gather(1, good[:, None])),
+             (z[:4], torch.tensor([5, 3, 3, 7]), z[:4].amax(-1, keepdim=True))]  # fmt: skip
+    for zz, target, ref_want in cases:
+        log_p, p = torch.empty_like(zz), torch.empty_like(zz)
+        ref, _ = softmax_and_log(zz, log_p, p, target)
+        assert torch.equal(ref, ref_want)
+        torch.testing.assert_close(p, torch.softmax(zz, -1), **tol)
+        torch.testing.assert_close(log_p, torch.log_softmax(zz, -1), **tol)
 
 
 def test_sft_ignores_teacher_and_matches_cross_entropy():
@@ -545,6 +607,8 @@ def test_tensor_kernels_match_reference(temperature):
     cases += [(decoupled.make_kernel(setting).on_device, {"tckd": 0.7, "nckd": 3.0}, decoupled_ref, {"reverse": setting == "reverse"})
               for setting in ("vanilla", "reverse")]  # fmt: skip
     cases += [(kl.tvd_kernel.on_device, {"tvd": 1.0}, REFERENCE["tvd"], {})]
+    cases += [(kl.forward_kernel.on_device, {"kl": 1.0}, REFERENCE["forward"], {}),
+              (kl.reverse_kernel.on_device, {"kl": 1.0}, REFERENCE["reverse"], {})]  # fmt: skip
     cases += [(skew.make_gjsd(b).on_device, {"gjsd": 1.0}, REFERENCE["gjsd"], {"beta": b}) for b in (0.1, 0.5)]
     cases += [(make(a).on_device, {name: 1.0}, REFERENCE[name], {"alpha": a})
               for name, make in (("skl", skew.make_skl), ("srkl", skew.make_srkl)) for a in (0.1, 0.5)]  # fmt: skip
