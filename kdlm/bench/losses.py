@@ -100,6 +100,12 @@ MAX_X_FLOOR = 2.0  # ok_time of the all-counted case: x floor <= 2
 MAX_X_FLOOR_COUNTED = 1.5  # ok_time of --mask realistic: the counted rows' x floor <= 1.5
 
 
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The measurement settings every row records."""
+    return {"vocab": args.vocab, "dtype": args.dtype, "device": args.device, "chunk_size": args.chunk_size,
+            "threads": threads(), "repeats": args.repeats}  # fmt: skip
+
 def _status_kb(key: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -285,12 +291,7 @@ def run(args: argparse.Namespace) -> int:
             "ok_memory": ours["peak_extra_mb"] <= 1.5 * logits_mb,
             "ok_speedup": bool(speedup >= 4) if name in ("atkd", "dkd") and not args.no_reference else None,
             "tokens": args.tokens,
-            "vocab": args.vocab,
-            "dtype": args.dtype,
-            "device": args.device,
-            "chunk_size": args.chunk_size,
-            "threads": threads(),
-            "repeats": args.repeats,
+            **_settings(args),
         })  # fmt: skip
     write_rows(rows, out)
     if args.json:
@@ -334,12 +335,7 @@ def _run_realistic(args: argparse.Namespace, names: list[str], base: dict[str, A
             "tokens": args.tokens,
             "counted": n,
             "counted_fraction": n / args.tokens,
-            "vocab": args.vocab,
-            "dtype": args.dtype,
-            "device": args.device,
-            "chunk_size": args.chunk_size,
-            "threads": threads(),
-            "repeats": args.repeats,
+            **_settings(args),
         })  # fmt: skip
     write_rows(rows, out)
     floor_ms = median([r["floor_ms"] for r in rows])
