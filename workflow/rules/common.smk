@@ -194,7 +194,9 @@ def get_distill_inputs(wildcards):
     if SOURCES[wildcards.source].needs_live_teacher(STUDY.loss(wildcards.method)):
         inputs["teacher"] = model_input(STUDY.teacher_dir(wildcards.teacher))
     if reads_teacher_signal(wildcards):
-        inputs["teacher_signal"] = teacher_signal_dir(wildcards.teacher, wildcards.source) + "/signal.json"
+        inputs["teacher_signal"] = str(
+            Path(teacher_signal_dir(wildcards.teacher, wildcards.source), "signal.json")
+        )
     return inputs
 
 
