@@ -1,8 +1,8 @@
 """The chunk engine every loss runs on: counted rows, chunks, workspace, the autograd Function.
 
 Only counted tokens are processed: their row numbers are gathered first and then visited in chunks of
-``chunk_size`` tokens. For each chunk one log-softmax per model is taken (in float32, or float64 for
-float64 inputs) and handed to the loss's *kernel*, which returns the per-token terms and writes the
+``chunk_size`` tokens. For each chunk one softmax (or log-softmax) per model is taken (in float32, or
+float64 for float64 inputs) and handed to the loss's *kernel*, which returns the per-token terms and writes the
 gradient rows of the chunk into one preallocated buffer of the student's shape and dtype. A custom
 :class:`torch.autograd.Function` hands that buffer to autograd, so no full-size intermediate is kept
 for the backward pass: working memory beyond inputs and gradient is O(chunk_size x V) (docs/design.md,
@@ -103,9 +103,14 @@ class Workspace:
         """Forget the previous chunk's deferred log-probabilities."""
         self._deferred.clear()
 
+    def nbytes(self) -> int:
+        """The bytes its buffers hold."""
+        return sum(b.numel() * b.element_size() for b in self._bufs.values())
+
 
 _FOLD_MAX = 2.0**20  # |z[j]| up to which z + (log p[j] - z[j]) in float64 is off by at most 2**-32
 _KEPT: list[Workspace] = []  # the last CPU workspace, kept for the next loss call
+_KEEP_MAX_BYTES = 2**28  # a larger workspace (e.g. chunk_size 256 at a 128k vocabulary) is not kept
 
 
 def acquire_workspace(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> Workspace:
@@ -124,8 +129,8 @@ def acquire_workspace(rows: int, vocab: int, dtype: torch.dtype, device: torch.d
 
 
 def release_workspace(ws: Workspace) -> None:
-    """Keep ``ws`` (CPU only) for the next loss call, in place of any kept before."""
-    if ws.device.type == "cpu":
+    """Keep ``ws`` (CPU, up to ``_KEEP_MAX_BYTES``) for the next loss call, in place of any kept before."""
+    if ws.device.type == "cpu" and ws.nbytes() <= _KEEP_MAX_BYTES:
         ws.next_chunk()  # no reference to the call's tensors stays behind
         _KEPT[:] = [ws]
 
