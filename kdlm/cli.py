@@ -6,41 +6,28 @@ Every Snakemake rule's shell is one of these calls, and each works without Snake
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from kdlm import bench
-from kdlm.config_checks import check_config_files
-from kdlm.data.mixing import MixConfig, mix
-from kdlm.data.records import PrepareConfig, prepare
 from kdlm.data.templates import DEFAULT_TEMPLATE, check_template
 from kdlm.decoding import GenerateConfig
-from kdlm.evaluation.evaluate import evaluate_model
-from kdlm.evaluation.judge import JudgeConfig, judge_evaluation
-from kdlm.evaluation.lmeval import HarnessConfig, evaluate_harness, primary_scores
-from kdlm.generation import generate_for_records, parse_shard
 from kdlm.io import atomic_path, check_output_dir, check_output_file
-from kdlm.job_plan import GPU_MEMORY_GB, MAX_GPUS, format_teacher_compute, plan_study, profile_gpus
+from kdlm.job_plan import GPU_MEMORY_GB, MAX_GPUS
 from kdlm.lab.corpus import FAMILIES as CORPUS_FAMILIES
-from kdlm.lab.corpus import CorpusConfig, build_corpus, training_texts, write_corpus
-from kdlm.lab.models import FAMILIES as MODEL_FAMILIES
-from kdlm.lab.models import LabModelConfig, build_model
+from kdlm.lab.spec import FAMILIES as MODEL_FAMILIES
 from kdlm.lab.spec import TokenizerSettings
-from kdlm.lab.tokenizer import train_tokenizer
-from kdlm.memory_plan import format_plan
-from kdlm.models import set_threads
-from kdlm.report import ReportConfig, write_report
-from kdlm.results import show_results
 from kdlm.sections import build, merged
-from kdlm.study import SOURCES, Study
-from kdlm.teacher_cache.build import build_teacher_signal
-from kdlm.teacher_cache.config import TeacherSignalConfig
-from kdlm.training.config import DistributedConfig, MethodConfig, TrainConfig
-from kdlm.training.trainer import teacher_dtype, train
+from kdlm.study import SOURCES
 
+# Only the light modules above load with the parser: each verb imports its heavy dependencies (torch,
+# transformers, pandas, jsonschema) itself, so a job pays for what it uses. Every Snakemake job starts
+# this CLI once, and the eager imports cost about 3 s a job (docs/design.md, "Job start-up").
 
 def _json_dict(text: str) -> dict:
     try:
@@ -79,6 +66,8 @@ def _generation_config(args: argparse.Namespace) -> GenerateConfig:
 
 
 def _lab_corpus(args: argparse.Namespace) -> int:
+    from kdlm.lab.corpus import CorpusConfig, build_corpus, write_corpus
+
     values = merged(args.config, seed=args.seed, n_train=args.n_train, n_validation=args.n_validation,
                     n_test=args.n_test, families=args.families)  # fmt: skip
     cfg = build(CorpusConfig, values, "lab.corpus")
@@ -88,6 +77,9 @@ def _lab_corpus(args: argparse.Namespace) -> int:
 
 
 def _lab_tokenizer(args: argparse.Namespace) -> int:
+    from kdlm.lab.corpus import training_texts
+    from kdlm.lab.tokenizer import train_tokenizer
+
     cfg = build(TokenizerSettings, merged(args.config, vocab_size=args.vocab_size), "lab.tokenizer")
     train_tokenizer(training_texts(args.corpus, args.template), cfg.vocab_size, args.out)
     print(args.out)
@@ -95,6 +87,8 @@ def _lab_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _lab_model(args: argparse.Namespace) -> int:
+    from kdlm.lab.models import LabModelConfig, build_model
+
     flags = ("family", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings", "seed")
     cfg = build(LabModelConfig, merged(args.config, **{k: getattr(args, k) for k in flags}), "lab model")
     n = build_model(cfg, args.tokenizer, args.out)
@@ -142,6 +136,8 @@ def _add_lab(sub) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from kdlm.data.records import PrepareConfig, prepare
+
     values = merged(args.spec, format=args.format, fields=args.fields, on_bad_record=args.on_bad_record,
                     hf_split=args.hf_split, hf_name=args.hf_name)  # fmt: skip
     cfg = build(PrepareConfig, {**values, "input": args.input, "out": args.out, "dataset": args.dataset}, "prepare")
@@ -151,6 +147,9 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from kdlm.generation import generate_for_records, parse_shard
+    from kdlm.models import set_threads
+
     check_template(args.template)
     shard = parse_shard(args.shard) if args.shard else None
     set_threads(args.threads)
@@ -168,6 +167,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _mix(args: argparse.Namespace) -> int:
+    from kdlm.data.mixing import MixConfig, mix
+
     check_template(args.template)
     values = merged(args.mix, ratio=args.ratio, seed=args.seed)
     cfg = build(MixConfig, {**values, "source": args.source, "template": args.template}, "mix")
@@ -195,6 +196,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace, teacher: str | None, method: dict) -> int:
+    from kdlm.training.config import DistributedConfig, MethodConfig, TrainConfig
+    from kdlm.training.trainer import train
+
     run = train(
         student_path=args.student,
         teacher_path=teacher,
@@ -221,6 +225,13 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _teacher_signal(args: argparse.Namespace) -> int:
+    from kdlm.generation import parse_shard
+    from kdlm.models import set_threads
+    from kdlm.teacher_cache.build import build_teacher_signal
+    from kdlm.teacher_cache.config import TeacherSignalConfig
+    from kdlm.training.config import TrainConfig
+    from kdlm.training.trainer import teacher_dtype
+
     check_template(args.template)
     shard = parse_shard(args.shard) if args.shard else None
     cfg = build(TrainConfig, args.training, "training")
@@ -242,6 +253,9 @@ def _teacher_signal(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from kdlm.evaluation.evaluate import evaluate_model
+    from kdlm.models import set_threads
+
     set_threads(args.threads)
     means = evaluate_model(args.model, args.records, args.out, _generation_config(args), args.template, args.label)
     print(f"{args.out}: " + ", ".join(f"{k}={v:.3f}" for k, v in means.items()))
@@ -249,6 +263,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from kdlm.report import ReportConfig, write_report
+
     values = merged({}, baseline_method=args.baseline_method, n_resamples=args.n_resamples)
     if values.get("baseline_method") == "":  # '' on the command line: no Δ
         values["baseline_method"] = None
@@ -260,6 +276,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
+    from kdlm.evaluation.judge import JudgeConfig, judge_evaluation
+
     values = merged(args.judge, base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
                     concurrency=args.concurrency, max_retries=args.max_retries, timeout=args.timeout,
                     backoff=args.backoff, both_orders=False if args.one_order else None)  # fmt: skip
@@ -274,6 +292,8 @@ def _judge(args: argparse.Namespace) -> int:
 
 
 def _harness(args: argparse.Namespace) -> int:
+    from kdlm.evaluation.lmeval import HarnessConfig, evaluate_harness, primary_scores
+
     values = merged(args.lm_eval, tasks=args.tasks, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
                     limit=args.limit, device=args.device, on_error=args.on_error)  # fmt: skip
     cfg = build(HarnessConfig, values, "lm_eval")
@@ -284,10 +304,15 @@ def _harness(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
+    from kdlm.results import show_results
+
     return show_results(args.table, args.filter, args.metric, args.task, args.sort, pivot=args.pivot)
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from kdlm.config_checks import check_config_files
+    from kdlm.study import Study
+
     config, notes = check_config_files(args.configfile, args.checkout)
     for note in notes:
         print(f"note: {note}")
@@ -297,6 +322,10 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from kdlm.config_checks import check_config_files
+    from kdlm.job_plan import format_teacher_compute, plan_study, profile_gpus
+    from kdlm.memory_plan import format_plan
+
     config, _ = check_config_files(args.configfile, args.checkout)
     declared = profile_gpus(args.workflow_profile) if args.workflow_profile else {}
     plan = plan_study(config, args.gpu_memory_gb or declared.get("gpu_memory_gb", GPU_MEMORY_GB),
@@ -502,6 +531,21 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"kdlm {args.verb}: error: {err}", file=sys.stderr)
         return 2
+
+
+def run() -> None:
+    """The `kdlm` command: `main`, then an exit that skips the interpreter's teardown.
+
+    Tearing down torch and transformers takes about 1.3 s, and every Snakemake job pays it once. By the
+    time `main` returns, every output is closed and renamed into place, so after the atexit handlers
+    (logging's flush among them) and a flush of stdout and stderr nothing is left to lose. An exception
+    that escapes `main` takes the normal path, traceback and all.
+    """
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -78,3 +78,13 @@ def test_planning_modules_import_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_cli_parser_imports_no_heavy_library():
+    """Every Snakemake job starts `kdlm`; each verb imports what it needs, so the parser alone stays light."""
+    code = ("import sys, kdlm.cli; kdlm.cli.build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'pandas', 'pyarrow', "
+            "'jsonschema', 'datasets', 'matplotlib', 'httpx'}))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
