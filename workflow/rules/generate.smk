@@ -12,6 +12,7 @@ rule teacher_sft:
         "logs/teacher_sft/{teacher}.log",
     benchmark:
         "benchmarks/teacher_sft/{teacher}.tsv"
+    priority: 1
     conda:
         CONDA_ENV
     threads: STUDY.threads.train

@@ -14,6 +14,7 @@ rule teacher_signal:
         "logs/teacher_signal/{dataset}/{teacher}/{source}.log",
     benchmark:
         "benchmarks/teacher_signal/{dataset}/{teacher}/{source}.tsv"
+    priority: 1
     conda:
         CONDA_ENV
     threads: STUDY.threads.train
