@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,16 @@ def test_lab_corpus_then_results_table(tmp_path, lab, lab_records):
         [*KDLM, "results", "--table", str(tables / "summary.parquet"), "--filter", "colour=red"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2 and "unknown filter field 'colour'" in result.stderr
+
+
+def test_the_kdlm_command_keeps_its_output_and_exit_status():
+    """`kdlm` skips the interpreter's teardown (`kdlm.cli.run`): what a verb printed to a block-buffered
+    pipe still arrives, and the exit status is the verb's."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe is block-buffered then
+    smoke = Path(__file__).resolve().parents[2] / "config" / "smoke.yaml"
+    result = subprocess.run([*KDLM, "check-config", str(smoke)], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("valid: ") and result.stdout.endswith("\n")
+    result = subprocess.run([*KDLM, "check-config", "missing.yaml"], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("kdlm check-config: error: ")
