@@ -158,9 +158,14 @@ class Threads:
     train: int = 2
     generate: int = 2
     evaluate: int = 1
+    # distillation and teacher-signal jobs; unset: `train`. Tiny lab students keep one thread busy but not
+    # two, so two one-thread jobs side by side finish sooner than the same jobs one after another.
+    distill: int | None = None
 
     def __post_init__(self) -> None:
-        for kind in ("train", "generate", "evaluate"):
+        if self.distill is None:
+            self.distill = self.train
+        for kind in ("train", "generate", "evaluate", "distill"):
             check_range(kind, getattr(self, kind), minimum=1)
 
 

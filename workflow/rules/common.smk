@@ -228,7 +228,7 @@ def teacher_signal_training(wildcards):
     """What of the training section shapes the cache: the sequences (max_length) and the teacher's dtype."""
     training = config.get("training") or {}
     keys = ("max_length", "bf16", "teacher_float32")
-    return json_arg({**{k: training[k] for k in keys if k in training}, "threads": STUDY.threads.train})
+    return json_arg({**{k: training[k] for k in keys if k in training}, "threads": STUDY.threads.distill})
 
 
 def eval_files():

@@ -19,7 +19,7 @@ rule distill:
     priority: 1
     conda:
         CONDA_ENV
-    threads: STUDY.threads.train
+    threads: STUDY.threads.distill
     resources:
         # the plan's GPUs where the profile declares them, else GPU_PER_JOB; > 1: one process per GPU
         gpu=lambda wildcards: training_gpus("distill", wildcards.student, distill_job_teacher(wildcards)),
@@ -28,7 +28,7 @@ rule distill:
         teacher=distill_teacher_arg,
         method=lambda wildcards: json_arg(config["methods"][wildcards.method]),
         training=lambda wildcards: json_arg(
-            {**config.get("training", {}), "seed": int(wildcards.seed), "threads": STUDY.threads.train}
+            {**config.get("training", {}), "seed": int(wildcards.seed), "threads": STUDY.threads.distill}
         ),
         info=lambda wildcards: json_arg({"method_name": wildcards.method, "source": wildcards.source}),
         template=shlex.quote(TEMPLATE),

@@ -17,7 +17,7 @@ rule teacher_signal:
     priority: 1
     conda:
         CONDA_ENV
-    threads: STUDY.threads.train
+    threads: STUDY.threads.distill
     resources:
         gpu=GPU_PER_JOB,
     params:
