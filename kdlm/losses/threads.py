@@ -58,17 +58,24 @@ def parts_for(n: int) -> int:
     that used the OpenMP layer (GNU OpenMP is not fork-safe; numba would terminate the child).
     """
     global _omp, _omp_pid
+    threads = torch.get_num_threads()
+    if threads == 1:
+        # never start numba's threading layer: its team (NUMBA_NUM_THREADS, the machine's CPUs) would spin
+        # between parallel regions on cores that other jobs use; two one-thread distills side by side on 2
+        # cores ran 14x slower (142 s instead of 10 s for 60 steps each)
+        return 1
     if _omp is None:
         _omp, _omp_pid = False, os.getpid()
         try:
             _prefer_omp()
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # no idle extra threads
             _probe(np.empty(2))  # starts numba's threading layer
             _omp = numba.threading_layer() == "omp"
         except Exception:  # no threading layer could be loaded: rows run in the calling thread
             _omp = False
     if not _omp or os.getpid() != _omp_pid:
         return 1
-    parts = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, n))
+    parts = max(1, min(threads, numba.config.NUMBA_NUM_THREADS, n))
     numba.set_num_threads(parts)
     return parts
 
