@@ -96,6 +96,21 @@ def _lab_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab_pretraining_text(args: argparse.Namespace) -> int:
+    from kdlm.lab.pretraining import (
+        PretrainTextConfig,
+        held_out_inputs,
+        pretraining_passages,
+        write_pretraining_text,
+    )
+
+    cfg = build(PretrainTextConfig, merged(args.config, seed=args.seed, n_passages=args.n_passages), "lab.pretraining.text")
+    passages = pretraining_passages(cfg, held_out_inputs(args.held_out))
+    write_pretraining_text(passages, args.out)
+    print(f"{args.out}: {len(passages)} passages, {sum(len(p.split()) for p in passages):,} words")
+    return 0
+
+
 def _add_lab(sub) -> None:
     lab = sub.add_parser("lab", help="build the embedded lab: corpus, tokenizer, tiny models")
     lab_sub = lab.add_subparsers(dest="lab_verb", required=True)
@@ -117,6 +132,15 @@ def _add_lab(sub) -> None:
     p.add_argument("--template", default=DEFAULT_TEMPLATE)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_lab_tokenizer)
+
+    p = lab_sub.add_parser("pretraining-text", help="write the running text lab models are pretrained on (then `kdlm sft` on it)")
+    p.add_argument("--held-out", type=Path, nargs="*", default=[],
+                   help="Alpaca JSON files whose inputs the text must not state (the validation and test splits)")
+    p.add_argument("--config", type=_json_dict, default={}, help="JSON object of PretrainTextConfig fields (lab.pretraining.text)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--n-passages", type=int, default=None)
+    p.add_argument("--out", type=Path, required=True, help="parquet training file (prompt empty, every token counted)")
+    p.set_defaults(func=_lab_pretraining_text)
 
     p = lab_sub.add_parser("model", help="initialise a tiny model of one family and save it as an HF directory")
     p.add_argument("--tokenizer", type=Path, required=True)
@@ -246,6 +270,31 @@ def _teacher_signal(args: argparse.Namespace) -> int:
     else:
         print(f"{args.out}: {meta['mode']} signal of {meta['n_tokens']} tokens ({meta['n_examples']} examples), "
               f"{meta['bytes_per_token']:.0f} bytes/token, built in {meta['build_seconds']:.0f} s")  # fmt: skip
+    return 0
+
+
+def _uncertainty(args: argparse.Namespace) -> int:
+    from kdlm.claims import write_uncertainty
+    from kdlm.models import set_threads
+    from kdlm.training.config import TrainConfig
+    from kdlm.uncertainty import teacher_uncertainty
+
+    check_template(args.template)
+    cfg = build(TrainConfig, args.training, "training")
+    set_threads(cfg.threads)
+    rows, values = teacher_uncertainty(args.teacher, args.data, args.template, cfg.max_length)
+    write_uncertainty(rows, values, args.out, teacher=args.name or args.teacher, source=args.source, data=str(args.data))
+    easy = sum(v < 0.1 for v in values) / max(len(values), 1)
+    print(f"{args.out}: {len(values)} tokens, mean uncertainty {sum(values) / max(len(values), 1):.3f}, "
+          f"{easy:.1%} under 0.1")  # fmt: skip
+    return 0
+
+
+def _claims(args: argparse.Namespace) -> int:
+    from kdlm.claims import ClaimsConfig, write_claims
+
+    cfg = build(ClaimsConfig, args.config, "claims")
+    print(write_claims(args.evals, args.uncertainty, cfg, args.out, args.plot))
     return 0
 
 
@@ -420,6 +469,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, metavar="I/N", help="build only parts k with k %% N == I; no merge")
     p.add_argument("--merge", action="store_true", help="move the finished parts into --out (same options)")
     p.set_defaults(func=_teacher_signal)
+
+    p = sub.add_parser("uncertainty", help="a teacher's 1 - p(target) at every counted token of a training file")
+    p.add_argument("--teacher", required=True, help="teacher model (directory or hub id)")
+    p.add_argument("--name", default=None, help="the teacher's name in the study (default: --teacher)")
+    p.add_argument("--source", required=True, help="the training file's source (gt, teacher, ...)")
+    p.add_argument("--data", type=Path, required=True, help="training parquet of an offline source")
+    p.add_argument("--training", type=_json_dict, default={},
+                   help="JSON object of the distillation's training section (max_length, threads)")  # fmt: skip
+    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template")
+    p.add_argument("--out", type=Path, required=True, help="parquet: row, uncertainty")
+    p.set_defaults(func=_uncertainty)
+
+    p = sub.add_parser("claims", help="test the paper's claims on a study's evaluations: claims.md with verdicts")
+    p.add_argument("--evals", type=Path, nargs="+", required=True, help="evaluation parquet files (teachers included)")
+    p.add_argument("--uncertainty", type=Path, nargs="*", default=[], help="`kdlm uncertainty` files")
+    p.add_argument("--config", type=_json_dict, required=True, help="JSON object of the claims section (ClaimsConfig)")
+    p.add_argument("--out", type=Path, required=True, help="markdown report (results/tables/claims.md)")
+    p.add_argument("--plot", type=Path, default=None, help="uncertainty plot PNG (results/plots/uncertainty.png)")
+    p.set_defaults(func=_claims)
 
     p = sub.add_parser("evaluate", help="answer a task's prompts and score them")
     p.add_argument("--model", required=True)

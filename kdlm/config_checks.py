@@ -9,12 +9,14 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from kdlm.claims import ClaimsConfig
 from kdlm.data.records import PrepareConfig
 from kdlm.data.templates import check_template
 from kdlm.decoding import GenerateConfig
 from kdlm.evaluation.judge import JudgeConfig
 from kdlm.evaluation.lmeval import HarnessConfig
 from kdlm.lab.corpus import CorpusConfig
+from kdlm.lab.pretraining import PretrainTextConfig
 from kdlm.lab.spec import LabModelConfig, TokenizerSettings
 from kdlm.length_checks import check_lengths
 from kdlm.methods import validate_hparams
@@ -42,6 +44,15 @@ def _sections(config: dict) -> list[tuple[str, type, dict]]:
         ("lab.tokenizer", TokenizerSettings, lab.get("tokenizer")),
     ]
     typed += [(f"lab.models.{name}", LabModelConfig, spec) for name, spec in (lab.get("models") or {}).items()]
+    pretraining = lab.get("pretraining") or {}
+    if pretraining.get("enabled"):
+        typed += [("lab.pretraining.text", PretrainTextConfig, pretraining.get("text")),
+                  ("lab.pretraining.training", TrainConfig, pretraining.get("training"))]  # fmt: skip
+        typed += [(f"lab.pretraining.models.{name}", TrainConfig, {**(pretraining.get("training") or {}), **values})
+                  for name, values in (pretraining.get("models") or {}).items()]  # fmt: skip
+    claims = dict(config.get("claims") or {})
+    if claims.pop("enabled", False):
+        typed.append(("claims", ClaimsConfig, claims))
     for key, cls in (("judge", JudgeConfig), ("lm_eval", HarnessConfig)):
         values = dict(evaluation.get(key) or {})
         if values.pop("enabled", False):

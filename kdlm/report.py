@@ -17,6 +17,7 @@ import pandas as pd
 
 from kdlm.evaluation.lmeval import primary_scores
 from kdlm.evaluation.metrics import bootstrap_ci, paired_bootstrap, paired_differences
+from kdlm.evaluation.seed_bootstrap import Grid, pooled_bootstrap
 from kdlm.io import atomic_path
 from kdlm.plots import write_plots
 from kdlm.schemas import EVAL, SUMMARY, read_metadata, read_table, write_table
@@ -28,6 +29,11 @@ KIND_ORDER = {"teacher": 0, "base": 1, "run": 2}
 LABEL_FIELDS = ("kind", "model", "student", "teacher", "source", "method", "seed", "task")
 PAIR_FIELDS = ("student", "teacher", "source", "seed")  # a run and its baseline share these
 SIGNIFICANT = "*"
+GROUP_FIELDS = ("kind", "student", "teacher", "source", "method", "task")  # one trained setting, all seeds
+SEED_MEAN_COLUMNS = ["kind", "model", "student", "teacher", "source", "method", "task", "metric", "value", "ci_low",
+                     "ci_high", "n", "n_seeds"]  # fmt: skip
+SEED_DELTA_COLUMNS = ["model", "student", "teacher", "source", "method", "baseline", "task", "metric", "delta",
+                      "ci_low", "ci_high", "n", "n_seeds", "significant"]  # fmt: skip
 DELTA_COLUMNS = [*(f for f in LABEL_FIELDS if f != "task"), "baseline", "task", "metric", "delta", "ci_low", "ci_high",
                  "n", "significant"]  # fmt: skip
 
@@ -227,6 +233,93 @@ def _teacherless_baseline(ev: Evaluation, index: dict) -> Evaluation | None:
     return found[0] if len(found) == 1 else None
 
 
+def setting_model(model: str) -> str:
+    """A model id without its `/seed<n>`: the id of a setting trained with several seeds."""
+    head, _, last = model.rpartition("/")
+    return head if head and last.startswith("seed") and last[4:].isdigit() else model
+
+
+def _grid(group: list[Evaluation], column: str, minus: list[Evaluation] | None = None) -> Grid:
+    """One task's (seeds × examples) scores of a setting, or its differences from another setting with the
+    same seeds, over the examples every one of them answered."""
+    frames = [_by_id(group, column)] + ([_by_id(minus, column)] if minus is not None else [])
+    ids = sorted(set.intersection(*(set(f.columns) for f in frames)))
+    values = frames[0][ids].to_numpy() - (frames[1][ids].to_numpy() if minus is not None else 0.0)
+    return Grid(values, tuple(sorted(e.meta["seed"] for e in group)), tuple(ids), group[0].meta["task"])
+
+
+def _settings(evaluations: list[Evaluation]) -> dict[tuple, list[Evaluation]]:
+    groups: dict[tuple, list[Evaluation]] = {}
+    for ev in evaluations:
+        groups.setdefault(tuple(ev.meta[f] for f in GROUP_FIELDS), []).append(ev)
+    return groups
+
+
+def seed_means(evaluations: list[Evaluation], summary=None, n_resamples: int = 1000):
+    """One row per setting × task × metric: the mean over its seeds, with an interval that resamples seeds
+    and examples (`kdlm.evaluation.seed_bootstrap`); with one seed it is the summary's own row. Judge and harness
+    rows of several seeds (from `summary`) get the mean and the span of their per-seed intervals."""
+    rows = []
+    for key, group in _settings(evaluations).items():
+        for metric, column in METRICS.items():
+            grid = _grid(group, column)
+            result = pooled_bootstrap([[grid]], n_resamples=n_resamples)
+            rows.append({**dict(zip(GROUP_FIELDS, key, strict=True)), "model": setting_model(group[0].meta["model"]),
+                         "metric": metric, "value": result.estimate, "ci_low": result.low, "ci_high": result.high,
+                         "n": len(grid.ids), "n_seeds": len(group)})  # fmt: skip
+    if summary is not None:
+        extra = summary[~summary["metric"].isin(list(METRICS))]
+        for key, group in extra.groupby([*GROUP_FIELDS, "metric"], sort=False, dropna=False):
+            rows.append({**dict(zip([*GROUP_FIELDS, "metric"], key, strict=True)),
+                         "model": setting_model(group.iloc[0].model), "value": group["value"].mean(),
+                         "ci_low": group["ci_low"].min(), "ci_high": group["ci_high"].max(), "n": int(group["n"].max()),
+                         "n_seeds": len(group)})  # fmt: skip
+    frame = pd.DataFrame(rows, columns=SEED_MEAN_COLUMNS)
+    frame = frame.assign(_order=frame["kind"].map(KIND_ORDER))
+    frame = frame.sort_values(["_order", "student", "teacher", "source", "method", "task", "metric"], kind="stable")
+    return frame.drop(columns="_order").reset_index(drop=True)
+
+
+def seed_deltas(evaluations: list[Evaluation], baseline_method: str, n_resamples: int = 1000):
+    """Δ of every setting's seed mean against the `baseline_method` setting of the same student, teacher
+    and source, paired by seed and example (resampling both); task `average` is stratified by task.
+    Settings whose seeds differ from their baseline's are left out."""
+    settings = {k: v for k, v in _settings(evaluations).items() if k[0] == "run"}
+    rows = []
+    by_setting: dict[tuple, dict[str, tuple[list, list]]] = {}
+    for key, group in settings.items():
+        _, student, teacher, source, method, task = key
+        if method == baseline_method:
+            continue
+        base = settings.get(("run", student, teacher, source, baseline_method, task))
+        if base is None and teacher == "none":
+            found = [v for k, v in settings.items() if k[1] == student and k[3:] == (source, baseline_method, task)]
+            base = found[0] if len(found) == 1 else None
+        if base is None or sorted(e.meta["seed"] for e in group) != sorted(e.meta["seed"] for e in base):
+            continue
+        by_setting.setdefault(key[1:5], {})[task] = (group, base)
+    for (student, teacher, source, method), tasks in by_setting.items():
+        first, base = next(iter(tasks.values()))
+        for metric, column in METRICS.items():
+            grids = {task: _grid(group, column, minus=theirs) for task, (group, theirs) in tasks.items()}
+            items = [(task, [grid]) for task, grid in grids.items()]
+            items += [("average", list(grids.values()))] if len(grids) > 1 else []  # tasks stratified
+            for task, setting in items:
+                result = pooled_bootstrap([setting], n_resamples=n_resamples)
+                rows.append({"model": setting_model(first[0].meta["model"]), "student": student, "teacher": teacher,
+                             "source": source, "method": method, "baseline": setting_model(base[0].meta["model"]),
+                             "task": task, "metric": metric, "delta": result.estimate, "ci_low": result.low,
+                             "ci_high": result.high, "n": sum(len(g.ids) for g in setting), "n_seeds": len(first),
+                             "significant": result.significant})  # fmt: skip
+    return pd.DataFrame(rows, columns=SEED_DELTA_COLUMNS)
+
+
+def _by_id(group: list[Evaluation], column: str):
+    """(S, ids) frame of one setting's seeds, rows in seed order."""
+    ordered = sorted(group, key=lambda e: e.meta["seed"])
+    return pd.DataFrame([ev.table.set_index("id")[column].astype(float) for ev in ordered]).dropna(axis=1)
+
+
 def _fmt(metric: str, value: float, signed: bool = False) -> str:
     if value != value:  # NaN
         return "–"
@@ -236,14 +329,22 @@ def _fmt(metric: str, value: float, signed: bool = False) -> str:
 
 def markdown_tables(summary, deltas=None, baseline_method: str | None = None) -> str:
     """One wide table per metric, as in the paper: rows = models grouped by source, columns = tasks +
-    average; a run's cell adds its Δ vs the `baseline_method` run, marked where the paired CI excludes 0."""
+    average; a cell is the mean with its 95% interval, and a run's cell adds its Δ vs the `baseline_method`
+    run, marked where the paired interval excludes 0. `summary` may be per seed (`summarize`) or one row per
+    setting over its seeds (`seed_means`, with `n_seeds`)."""
     lines = ["# kdlm summary", ""]
+    seeds = int(summary["n_seeds"].max()) if "n_seeds" in summary.columns and len(summary) else 1
     has_deltas = deltas is not None and not deltas.empty
+    if seeds > 1:
+        lines += [f"Cells: the mean over each setting's seeds (up to {seeds}) [95% interval, resampling seeds and "
+                  "examples]; per-seed rows: summary.csv.", ""]  # fmt: skip
+    else:
+        lines += ["Cells: task mean [95% bootstrap interval over examples].", ""]
     if has_deltas:
         lines += [
-            f"Cells: task mean (Δ vs the `{baseline_method}` run of the same student, teacher, source and seed; "
-            f"`{SIGNIFICANT}` where the 95% paired bootstrap interval excludes 0). "
-            "Intervals of every mean: summary.csv / `kdlm results`.",
+            f"Δ: against the `{baseline_method}` run of the same student, teacher and source"
+            + (", paired by seed and example" if seeds > 1 else " and seed, paired by example")
+            + f"; `{SIGNIFICANT}` where its 95% interval excludes 0.",
             "",
         ]
     for metric in summary["metric"].unique():
@@ -267,7 +368,8 @@ def markdown_tables(summary, deltas=None, baseline_method: str | None = None) ->
             cells = []
             for task in tasks:
                 row = group[group["task"] == task]
-                cells.append("–" if row.empty else _fmt(metric, row.iloc[0].value) + _delta_cell(metric, delta_of.get(task)))
+                cells.append("–" if row.empty else _fmt(metric, row.iloc[0].value) + _interval(metric, row.iloc[0])
+                             + _delta_cell(metric, delta_of.get(task)))  # fmt: skip
             average = _fmt(metric, group["value"].mean())
             if len(tasks) == 1:
                 average += _delta_cell(metric, delta_of.get(tasks[0]))
@@ -289,6 +391,12 @@ def truncation_note(evaluations: list[Evaluation]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _interval(metric: str, row) -> str:
+    if row.ci_low != row.ci_low:  # NaN: no interval
+        return ""
+    return f" [{_fmt(metric, row.ci_low)}, {_fmt(metric, row.ci_high)}]"
+
+
 def _delta_cell(metric: str, row) -> str:
     if row is None:
         return ""
@@ -296,7 +404,9 @@ def _delta_cell(metric: str, row) -> str:
 
 
 def write_report(eval_paths: list[Path], out_dir: Path, cfg: ReportConfig | None = None) -> Path:
-    """Write summary.{parquet,csv,md} (and deltas.{parquet,csv}, plots) ; returns the markdown path."""
+    """Write summary.{parquet,csv,md}, summary_seeds.csv (one row per setting: the mean over its seeds),
+    deltas.{parquet,csv} and the plots; returns the markdown path. The markdown and the plots show seed
+    means once any setting has several seeds."""
 
     cfg = cfg or ReportConfig()
     evaluations = load_evaluations(eval_paths)
@@ -313,10 +423,17 @@ def write_report(eval_paths: list[Path], out_dir: Path, cfg: ReportConfig | None
         frame.to_parquet(tmp, index=False)
     with atomic_path(out_dir / "deltas.csv") as tmp:
         frame.to_csv(tmp, index=False)
+    means, mean_deltas = summary, deltas
+    if max(len(group) for group in _settings(evaluations).values()) > 1:  # several seeds: tables of their means
+        means = seed_means(evaluations, summary, n_resamples=cfg.n_resamples)
+        if cfg.baseline_method:
+            mean_deltas = seed_deltas(evaluations, cfg.baseline_method, n_resamples=cfg.n_resamples)
+    with atomic_path(out_dir / "summary_seeds.csv") as tmp:
+        (means if means is not summary else summary.assign(n_seeds=1)).to_csv(tmp, index=False)
     md = out_dir / "summary.md"
     with atomic_path(md) as tmp:
-        tmp.write_text(markdown_tables(summary, deltas, cfg.baseline_method) + truncation_note(evaluations))
+        tmp.write_text(markdown_tables(means, mean_deltas, cfg.baseline_method) + truncation_note(evaluations))
     if cfg.plots_dir is not None:
-        for note in write_plots(summary, cfg.train_logs, cfg.plots_dir):
+        for note in write_plots(means, cfg.train_logs, cfg.plots_dir):
             print(note)
     return md

@@ -194,6 +194,11 @@ class Study:
         self.mix = build(MixSettings, config.get("mix"), "mix")
         self.teacher_generation = build(GenerateConfig, config.get("teacher_generation"), "teacher_generation")
         self.lab_models = dict(config["lab"].get("models", {})) if config["lab"]["enabled"] else {}
+        pretraining = config["lab"].get("pretraining") or {}
+        self.lab_pretraining = bool(self.lab_models) and bool(pretraining.get("enabled", False))
+        self.lab_pretraining_settings = pretraining
+        self.claims = dict(config.get("claims") or {})
+        self.claims_enabled = bool(self.claims.pop("enabled", False))
         self.template = config["prompt_template"]
         self.train_dataset = config["train_split"]["dataset"]
         self.train_split = config["train_split"]["split"]
@@ -202,6 +207,12 @@ class Study:
         self.judge_enabled = bool(self.judge.pop("enabled", False))
         self.lm_eval = dict(evaluation.get("lm_eval") or {})
         self.lm_eval_enabled = bool(self.lm_eval.pop("enabled", False))
+
+    def lab_pretraining_training(self, model: str) -> dict:
+        """The training keys of one lab model's pretraining: `lab.pretraining.training`, then its own
+        `lab.pretraining.models.<name>` keys on top."""
+        settings = self.lab_pretraining_settings
+        return {**(settings.get("training") or {}), **((settings.get("models") or {}).get(model) or {})}
 
     # ------------------------------------------------------------------------------ the matrix
 

@@ -116,3 +116,4 @@ def paired_bootstrap(
 
 def _is_nested(values) -> bool:
     return len(values) > 0 and isinstance(values[0], Sequence | np.ndarray) and not isinstance(values[0], str)
+

@@ -100,10 +100,11 @@ def test_wide_markdown_table(fixture_study):
     section = md.split("## rouge_l")[1].split("##")[0]
     assert "| model | t1 | t2 | average |" in section
     assert "| **source: teacher** | | | |" in section
-    assert "| s__t/teacher/fkl/seed0 | 0.500 | 0.500 | 0.500 |" in section
-    assert "| s__t/teacher/atkd/seed0 | 0.700 (+0.200*) | 0.500 (+0.000) | 0.600 (+0.100*) |" in section
+    assert "| s__t/teacher/fkl/seed0 | 0.500 [0.500, 0.500] | 0.500 [0.300, 0.700] | 0.500 |" in section
+    assert ("| s__t/teacher/atkd/seed0 | 0.700 [0.700, 0.700] (+0.200*) | 0.500 [0.300, 0.700] (+0.000) | "
+            "0.600 (+0.100*) |") in section  # fmt: skip
     tokens = md.split("## response_tokens")[1].split("##")[0]
-    assert "| s__t/teacher/atkd/seed0 | 12.0 (+2.0*) | 12.0 (+2.0*) | 12.0 (+2.0*) |" in tokens
+    assert "| s__t/teacher/atkd/seed0 | 12.0 [12.0, 12.0] (+2.0*) | 12.0 [12.0, 12.0] (+2.0*) | 12.0 (+2.0*) |" in tokens
 
 
 def test_plots_are_pngs(fixture_study):
@@ -118,7 +119,7 @@ def test_cli_report_without_baseline_or_plots(fixture_study, tmp_path, capsys):
     assert main(["report", "--evals", *map(str, fixture_study["evals"]), "--out-dir", str(tmp_path),
                  "--baseline-method", ""]) == 0  # fmt: skip
     md = (tmp_path / "summary.md").read_text()
-    assert "| s__t/teacher/atkd/seed0 | 0.700 | 0.500 | 0.600 |" in md
+    assert "| s__t/teacher/atkd/seed0 | 0.700 [0.700, 0.700] | 0.500 [0.300, 0.700] | 0.600 |" in md
     assert pd.read_csv(tmp_path / "deltas.csv").empty
     assert "kdlm summary" in capsys.readouterr().out
 
@@ -128,3 +129,33 @@ def test_description_missing_is_an_error(tmp_path):
     write_table(pd.DataFrame({c: [] for c in EVAL.names}), path, EVAL)
     with pytest.raises(ValueError, match="lacks description"):
         write_report([path], tmp_path / "tables")
+
+
+def _seed_eval(root: Path, method: str, seed: int, scores: list[float]) -> Path:
+    model = f"s__t/gt/{method}/seed{seed}"
+    df = pd.DataFrame({"id": [f"x{i}" for i in range(len(scores))], "prompt": "p", "reference": "r", "prediction": "x",
+                       "rouge_l": scores, "exact_match": scores, "n_response_tokens": 5, "finish_reason": "eos"})  # fmt: skip
+    label = {"kind": "run", "model": model, "student": "s", "teacher": "t", "source": "gt", "method": method,
+             "seed": seed, "task": "t1"}  # fmt: skip
+    path = root / "eval" / model / "t1.parquet"
+    write_table(df, path, EVAL, metadata=label)
+    return path
+
+
+def test_several_seeds_give_seed_means_with_intervals_over_seeds_and_examples(tmp_path):
+    # fkl: seeds 0.2 / 0.6 (mean 0.4); atkd: fkl + 0.2 on every example of every seed
+    low, high = [0.1, 0.2, 0.3, 0.2, 0.2], [0.5, 0.6, 0.7, 0.6, 0.6]
+    evals = [_seed_eval(tmp_path, "fkl", 0, low), _seed_eval(tmp_path, "fkl", 1, high),
+             _seed_eval(tmp_path, "atkd", 0, [x + 0.2 for x in low]),
+             _seed_eval(tmp_path, "atkd", 1, [x + 0.2 for x in high])]  # fmt: skip
+    md = write_report(evals, tmp_path / "tables", ReportConfig(baseline_method="fkl", n_resamples=500)).read_text()
+    assert "mean over each setting's seeds (up to 2)" in md
+    means = pd.read_csv(tmp_path / "tables" / "summary_seeds.csv")
+    fkl = means[(means["method"] == "fkl") & (means["metric"] == "exact_match")].iloc[0]
+    assert fkl["model"] == "s__t/gt/fkl" and fkl["n_seeds"] == 2 and fkl["value"] == pytest.approx(0.4)
+    # the interval counts the seeds' disagreement: wider than either seed's own example interval
+    per_seed = pd.read_csv(tmp_path / "tables" / "summary.csv")
+    own = per_seed[(per_seed["method"] == "fkl") & (per_seed["metric"] == "exact_match")]
+    assert fkl["ci_high"] - fkl["ci_low"] > (own["ci_high"] - own["ci_low"]).max()
+    assert "| s__t/gt/atkd | 0.600 [" in md and "(+0.200*)" in md, "Δ pooled over seeds, paired by seed and example"
+    assert "seed0" not in md.split("## exact_match")[1]

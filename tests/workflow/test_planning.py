@@ -43,3 +43,19 @@ def test_the_paper_plan_imports_no_torch(tmp_path):
     heavy = sorted(m for m in imported if m.split(".")[0] in ("torch", "transformers", "numba"))
     assert not heavy, f"planning imported {heavy[:5]}"
     assert "Job stats" in result.stdout
+
+
+def test_the_claims_study_plans_its_matrix_uncertainty_and_report(tmp_path):
+    """config/lab_claims.yaml: two teachers × gt/teacher × fkl and four ATKD λs × three seeds, each
+    teacher's uncertainty on both training files, and the claims report fed by all of them."""
+    result = _dry_run(tmp_path, "--configfile", str(REPO / "config" / "lab_claims.yaml"), "-p")
+    out = result.stdout
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1].split("total")[0], re.MULTILINE))
+    assert {k: int(counts[k]) for k in ("distill", "teacher_uncertainty", "claims", "lab_pretrain", "teacher_sft")} \
+        == {"distill": 60, "teacher_uncertainty": 4, "claims": 1, "lab_pretrain": 3, "teacher_sft": 2}  # fmt: skip
+    claims = out.split("rule claims:")[1].split("\n\n")[0]
+    for teacher in ("llama-teacher-small", "llama-teacher"):
+        for source in ("gt", "teacher"):
+            assert f"results/uncertainty/lab/{teacher}/{source}.parquet" in claims
+    assert "results/eval/llama-student__llama-teacher-small/teacher/atkd_l05/seed2/lab_test.parquet" in claims
+    assert '"large_teacher": "llama-teacher"' in claims and "results/tables/claims.md" in claims

@@ -67,6 +67,12 @@ def test_summary_has_every_model_with_sane_values(smoke_dir):
 
 def test_each_stage_wrote_its_contract(smoke_dir):
     results = smoke_dir / "results"
+    text = pd.read_parquet(results / "lab" / "pretraining" / "text.parquet")
+    assert len(text) == 300 and (text["prompt"] == "").all()
+    for name in ("llama-teacher", "llama-student"):  # pretrained from results/lab/init/<name> on that text
+        pretrained = json.loads((results / "lab" / "models" / name / "run.json").read_text())
+        assert pretrained["student"] == f"results/lab/init/{name}"
+        assert pretrained["data"] == "results/lab/pretraining/text.parquet" and pretrained["global_steps"] > 0
     for source in ("gt", "teacher"):  # one cached teacher signal per offline file, read by its fkl run
         cache = results / "teacher_signal" / "lab" / "llama-teacher" / source
         assert {"signal.json", "output_layer.safetensors", "part-00000.safetensors"} <= {p.name for p in cache.iterdir()}
@@ -126,10 +132,16 @@ def _planned_jobs(smoke_dir: Path, tmp_path: Path, overrides: str) -> dict[str, 
             "teacher_signal:\n  mode: compact\n",
             {"teacher_signal": 2, "distill": 2, "evaluate": 2, "report": 1, "all": 1},
         ),
+        # the lab's pretraining: both lab models, then everything trained from them
+        (
+            "lab:\n  pretraining:\n    training: {lr: 2.0e-3}\n",
+            {"lab_pretrain": 2, "teacher_sft": 1, "generate": 1, "mix": 1, "teacher_signal": 2, "distill": 4,
+             "evaluate": 6, "report": 1, "all": 1},
+        ),
         # evaluation settings: evaluation and report only
         ("evaluation:\n  generation:\n    max_new_tokens: 20\n", {"evaluate": 6, "report": 1, "all": 1}),
     ],
-    ids=["method-hparam", "teacher", "teacher-signal", "evaluation"],
+    ids=["method-hparam", "teacher", "teacher-signal", "lab-pretraining", "evaluation"],
 )
 def test_only_changed_stages_rerun(smoke_dir, tmp_path, overrides, expected):
     assert _planned_jobs(smoke_dir, tmp_path, overrides) == expected

@@ -1,0 +1,65 @@
+# The paper's claims tested with intervals (config claims.enabled, as config/lab_claims.yaml sets it):
+# each teacher's uncertainty on the claims' training files, then results/tables/claims.md and its plot.
+
+
+def claims_sources():
+    return list(STUDY.claims.get("sources", ["gt", "teacher"]))
+
+
+def uncertainty_files():
+    return [
+        f"results/uncertainty/{TRAIN_DATASET}/{teacher}/{source}.parquet"
+        for teacher in STUDY.teachers()
+        for source in claims_sources()
+    ]
+
+
+def claims_outputs():
+    return ["results/tables/claims.md", "results/plots/uncertainty.png"] if STUDY.claims_enabled else []
+
+
+if STUDY.claims_enabled:
+
+    rule teacher_uncertainty:
+        input:
+            data=lambda wildcards: mixed_file(wildcards.teacher, wildcards.source),
+            teacher=lambda wildcards: model_input(STUDY.teacher_dir(wildcards.teacher)),
+        output:
+            "results/uncertainty/{dataset}/{teacher}/{source}.parquet",
+        log:
+            "logs/teacher_uncertainty/{dataset}/{teacher}/{source}.log",
+        conda:
+            CONDA_ENV
+        threads: STUDY.threads.distill
+        params:
+            teacher=lambda wildcards: shlex.quote(STUDY.teacher_dir(wildcards.teacher)),
+            training=json_arg(
+                {
+                    "max_length": (config.get("training") or {}).get("max_length", 512),
+                    "threads": STUDY.threads.distill,
+                }
+            ),
+            template=shlex.quote(TEMPLATE),
+        shell:
+            "kdlm uncertainty --teacher {params.teacher} --name {wildcards.teacher} --source {wildcards.source}"
+            " --data {input.data} --training {params.training} --template {params.template}"
+            " --out {output} > {log} 2>&1"
+
+    rule claims:
+        input:
+            evals=eval_files(),
+            uncertainty=uncertainty_files(),
+        output:
+            md=report("results/tables/claims.md", caption="../report/claims.rst", category="Tables"),
+            plot=report(
+                "results/plots/uncertainty.png", caption="../report/uncertainty.rst", category="Claims"
+            ),
+        log:
+            "logs/claims/claims.log",
+        conda:
+            CONDA_ENV
+        params:
+            claims=json_arg(STUDY.claims),
+        shell:
+            "kdlm claims --evals {input.evals} --uncertainty {input.uncertainty} --config {params.claims}"
+            " --out {output.md} --plot {output.plot} > {log} 2>&1"
