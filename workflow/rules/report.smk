@@ -19,6 +19,7 @@ rule report:
         parquet="results/tables/summary.parquet",
         csv=report("results/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
         md=report("results/tables/summary.md", caption="../report/summary_md.rst", category="Tables"),
+        seeds="results/tables/summary_seeds.csv",
         deltas=report("results/tables/deltas.csv", caption="../report/deltas.rst", category="Tables"),
         deltas_parquet="results/tables/deltas.parquet",
         scores=[
