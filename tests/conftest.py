@@ -47,3 +47,25 @@ def lab_records(lab, tmp_path_factory) -> dict[str, Path]:
         result[split] = out / f"{split}.parquet"
         prepare(PrepareConfig(input=src, out=result[split], dataset="lab"))
     return result
+
+
+def _kill_when_written(command: list[str], marker: Path) -> None:
+    """Start `command` in its own process group and SIGKILL the group once `marker` exists (or it exits)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not marker.exists() and proc.poll() is None:
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def kill_when_written():
+    """A job killed mid-way, as a scheduler or a crash would: the resume tests rerun it afterwards."""
+    return _kill_when_written

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -69,7 +66,7 @@ def _command(lab, text, out, checkpoints) -> list[str]:
             "--training", json.dumps(TRAINING), "--out", str(out), "--checkpoint-dir", str(checkpoints)]  # fmt: skip
 
 
-def test_pretraining_counts_every_token_and_resumes_after_a_kill(lab, tmp_path):
+def test_pretraining_counts_every_token_and_resumes_after_a_kill(lab, tmp_path, kill_when_written):
     text = write_pretraining_text(pretraining_passages(PretrainTextConfig(n_passages=200)), tmp_path / "text.parquet")
     rows = pd.read_parquet(text)
     assert (rows["prompt"] == "").all() and not rows["online"].any()
@@ -83,15 +80,8 @@ def test_pretraining_counts_every_token_and_resumes_after_a_kill(lab, tmp_path):
     log = pd.read_parquet(tmp_path / "whole" / "train_log.parquet")
     assert log["loss"].iloc[-4:].mean() < log["loss"].iloc[:4].mean() - 0.5, "the causal LM learns the text"
 
-    proc = subprocess.Popen(_command(lab, text, tmp_path / "resumed", tmp_path / "ckpt"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     first = tmp_path / "ckpt" / "checkpoint-4" / "trainer_state.json"
-    try:
-        while not first.exists() and proc.poll() is None:
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when_written(_command(lab, text, tmp_path / "resumed", tmp_path / "ckpt"), first)
     assert first.exists() and not (tmp_path / "resumed").exists(), "killed mid-way, before the model was written"
 
     again = subprocess.run(_command(lab, text, tmp_path / "resumed", tmp_path / "ckpt"), capture_output=True,

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from safetensors.torch import load_file
@@ -39,19 +36,13 @@ def _run(command: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_killed_run_resumes_to_the_uninterrupted_weights(lab, data, tmp_path):
+def test_killed_run_resumes_to_the_uninterrupted_weights(lab, data, tmp_path, kill_when_written):
     _run(_command(lab, data, tmp_path / "whole", tmp_path / "whole.ckpt"))
     assert not (tmp_path / "whole.ckpt").exists(), "checkpoints are removed once the student is written"
 
     command = _command(lab, data, tmp_path / "resumed", tmp_path / "ckpt")
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     first = tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json"
-    try:
-        while not first.exists() and proc.poll() is None:
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when_written(command, first)
     assert first.exists() and not (tmp_path / "resumed").exists(), "killed after its first checkpoint, before the end"
 
     with pytest.raises(ValueError, match=r"belong to another run; differing: training\.lr \(checkpoint 0\.003, now 0\.001\)"):
