@@ -2,22 +2,6 @@
 # each teacher's uncertainty on the claims' training files, then results/tables/claims.md and its plot.
 
 
-def claims_sources():
-    return list(STUDY.claims.get("sources", ["gt", "teacher"]))
-
-
-def uncertainty_files():
-    return [
-        f"results/uncertainty/{TRAIN_DATASET}/{teacher}/{source}.parquet"
-        for teacher in STUDY.teachers()
-        for source in claims_sources()
-    ]
-
-
-def claims_outputs():
-    return ["results/tables/claims.md", "results/plots/uncertainty.png"] if STUDY.claims_enabled else []
-
-
 if STUDY.claims_enabled:
 
     rule teacher_uncertainty:

@@ -263,3 +263,20 @@ def train_logs():
 
 for note in STUDY.missing_inputs():
     print(f"kdlm: note: {note}", file=sys.stderr)
+
+
+# The claims report (rules/claims.smk): each teacher's uncertainty on the claims' training files.
+def claims_sources():
+    return list(STUDY.claims.get("sources", ["gt", "teacher"]))
+
+
+def uncertainty_files():
+    return [
+        f"results/uncertainty/{TRAIN_DATASET}/{teacher}/{source}.parquet"
+        for teacher in STUDY.teachers()
+        for source in claims_sources()
+    ]
+
+
+def claims_outputs():
+    return ["results/tables/claims.md", "results/plots/uncertainty.png"] if STUDY.claims_enabled else []

@@ -106,8 +106,9 @@ if STUDY.lab_pretraining:
                 {**STUDY.lab_pretraining_training(wildcards.lab_model), "threads": STUDY.threads.train}
             ),
             template=shlex.quote(TEMPLATE),
+            init=lambda wildcards: f"{LAB_INIT_DIR}/{wildcards.lab_model}",
         shell:
-            "kdlm sft --student {LAB_INIT_DIR}/{wildcards.lab_model} --data {input.text}"
+            "kdlm sft --student {params.init} --data {input.text}"
             " --training {params.training} --template {params.template}"
             " --out results/lab/models/{wildcards.lab_model}"
             " --checkpoint-dir results/checkpoints/lab/{wildcards.lab_model} > {log} 2>&1"
