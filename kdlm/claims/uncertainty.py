@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from kdlm.evaluation.seed_bootstrap import _CHUNK_ELEMENTS, Interval, _draw_counts
-from kdlm.io import atomic_path
+from kdlm.plots import _placeholder, _pyplot, _save
 from kdlm.schemas import read_metadata, read_table, write_table
 
 UNCERTAINTY = pa.schema([("row", pa.int64()), ("uncertainty", pa.float32())])
@@ -120,16 +120,6 @@ def _frac(x: float, signed: bool = False) -> str:
     return "–" if x != x else format(round(x, 3) + 0.0, "+.3f" if signed else ".3f")
 
 
-def _pyplot():
-    """pyplot on the Agg backend (no display on cluster nodes); chosen before pyplot is first imported."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_uncertainty(files: Sequence[str | Path], out_png: str | Path, teachers: Sequence[str] = ()) -> Path:
     """Distribution of each teacher's uncertainty on the training tokens, per source, with its median
     (where ATKD would split a batch) and the shares of very easy / very hard tokens.
@@ -139,14 +129,8 @@ def plot_uncertainty(files: Sequence[str | Path], out_png: str | Path, teachers:
     """
     plt = _pyplot()
     loaded = [read_uncertainty(p) for p in files]
-    fig_kw = {"format": "png", "dpi": 110, "bbox_inches": "tight"}
     if not loaded:
-        fig, ax = plt.subplots(figsize=(5, 1.5))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no teacher uncertainty files given", ha="center", va="center")
-        with atomic_path(out_png) as tmp:
-            fig.savefig(tmp, **fig_kw)
-        plt.close(fig)
+        _placeholder(Path(out_png), "no teacher uncertainty files given")
         return Path(out_png)
     names = list(dict.fromkeys([*teachers, *sorted(m["teacher"] for m, _ in loaded)]))
     names = [t for t in names if any(m["teacher"] == t for m, _ in loaded)]
@@ -240,7 +224,5 @@ def plot_uncertainty(files: Sequence[str | Path], out_png: str | Path, teachers:
     fig.suptitle(
         "Teacher uncertainty on the training tokens (more mass near 0 = more easy tokens)", fontsize=11
     )
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, **fig_kw)
-    plt.close(fig)
+    _save(fig, Path(out_png))
     return Path(out_png)
